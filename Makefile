@@ -1,0 +1,34 @@
+# medseg: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-all train clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install medseg (editable) with dev extras
+	@$(PY) -c "import torch, monai; print(f'torch {torch.__version__} (cuda: {torch.cuda.is_available()}), monai {monai.__version__}')"
+
+demo: install ## train on the embedded synthetic task (generated on first use) and print the validation Dice
+	$(PY) -m medseg.train experiment=demo $(ARGS)
+
+train: install ## python -m medseg.train with ARGS="dataset=... model=..."
+	$(PY) -m medseg.train $(ARGS)
+
+test: install ## run the test suite (slow end-to-end tests included)
+	$(PY) -m pytest -q $(ARGS)
+
+clean: ## remove caches and outputs/ runs (keeps data/ and .venv)
+	rm -rf outputs/*/ .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,3 @@
+"""medseg: MONAI + Hydra framework for 3D medical image segmentation."""
+
+__version__ = "0.1.0"

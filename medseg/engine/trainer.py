@@ -1,0 +1,229 @@
+"""The training loop: epochs of patch batches, periodic sliding-window validation, checkpoints.
+
+Everything swappable (network, loss, optimiser, scheduler, inferer, data) is built from the
+config by the caller and passed in; this module only orders the steps. Settings come from the
+``trainer`` config group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.inferers import Inferer
+from omegaconf import DictConfig
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from medseg.data.loaders import SegmentationData
+from medseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from medseg.engine.visualize import overlay_slices
+from medseg.inference.sliding_window import autocast_context, predict_logits
+from medseg.metrics.dice import PerClassDice
+
+log = logging.getLogger(__name__)
+
+
+def deep_supervision_outputs(outputs: torch.Tensor | list[torch.Tensor], target: torch.Tensor):
+    """DynUNet stacks its deep-supervision heads on dim 1 in training; losses want a list of them."""
+    if isinstance(outputs, torch.Tensor) and outputs.dim() == target.dim() + 1:
+        return list(torch.unbind(outputs, dim=1))
+    return outputs
+
+
+class Trainer:
+    """Runs ``cfg.max_epochs`` epochs (or until ``cfg.max_minutes``), validating every ``cfg.val_every``.
+
+    Args:
+        cfg: the ``trainer`` config.
+        model, loss_fn, optimizer, scheduler, inferer: built from their config groups.
+        data: loaders and label names.
+        run_dir: Hydra run folder; receives ``checkpoints/``, ``tensorboard/``, ``metrics.json``.
+        config: the resolved run config as a plain dict, stored in every checkpoint.
+        device: where training runs.
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        model: torch.nn.Module,
+        loss_fn: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        inferer: Inferer,
+        data: SegmentationData,
+        run_dir: Path,
+        config: dict[str, Any],
+        device: torch.device,
+    ):
+        self.cfg = cfg
+        self.model = model.to(device)
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.inferer = inferer
+        self.data = data
+        self.run_dir = run_dir
+        self.config = config
+        self.device = device
+        self.amp = bool(cfg.amp) and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.metric = PerClassDice(data.label_names)
+        self.epoch = 0  # completed epochs
+        self.global_step = 0
+        self.elapsed = 0.0  # training seconds over all sessions of this run (resume included)
+        self.best: dict[str, Any] = {"epoch": None, "metrics": None}
+        self.last: dict[str, Any] = {"epoch": None, "metrics": None}
+        self.history: list[dict[str, Any]] = []
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "elapsed_seconds": self.elapsed,
+            "best": self.best,
+            "last": self.last,
+            "history": self.history,
+            "config": self.config,
+            "label_names": {str(k): v for k, v in self.data.label_names.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.elapsed = float(state.get("elapsed_seconds", 0.0))
+        self.best, self.last, self.history = state["best"], state["last"], list(state["history"])
+
+    def resume(self, source: str) -> None:
+        """``auto``: this run folder's ``last.pt`` if there is one; else a run folder or checkpoint path."""
+        path = self.ckpt_dir / "last.pt" if source == "auto" else Path(source)
+        if path.is_dir():
+            path = path / "checkpoints" / "last.pt"
+        if source == "auto" and not path.is_file():
+            log.info("resume=auto: no %s yet, starting from scratch", path)
+            return
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        log.info("resumed from %s at epoch %d", path, self.epoch)
+
+    # -- steps -------------------------------------------------------------------------------
+    def train_epoch(self, deadline: float | None) -> tuple[float, bool]:
+        """One pass over the training loader. Returns mean loss and whether the time budget ran out."""
+        self.model.train()
+        total, count, out_of_time = 0.0, 0, False
+        bar = tqdm(self.data.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.max_epochs}", leave=False,
+                   disable=not sys.stderr.isatty(), dynamic_ncols=True)
+        for batch in bar:
+            image = batch["image"].to(self.device, non_blocking=True)
+            label = batch["label"].to(self.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast_context(self.device, self.amp):
+                outputs = self.model(image)
+                loss = self.loss_fn(deep_supervision_outputs(outputs, label), label)
+            self.scaler.scale(loss).backward()
+            if self.cfg.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += loss.item()
+            count += 1
+            self.global_step += 1
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if deadline is not None and time.monotonic() > deadline:
+                out_of_time = True
+                break
+        return total / max(count, 1), out_of_time
+
+    def validate(self) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
+        """Dice per class over the validation cases; also returns the first case for pictures."""
+        first = None
+        for batch in tqdm(self.data.val_loader, desc="validate", leave=False, disable=not sys.stderr.isatty()):
+            logits = predict_logits(self.model, batch["image"], self.inferer, self.device, self.amp)
+            pred = logits.argmax(dim=1, keepdim=True)
+            self.metric.update(pred, batch["label"])
+            if first is None:
+                first = {"image": batch["image"][0].cpu(), "label": batch["label"][0].cpu(), "pred": pred[0].cpu()}
+        return self.metric.compute(), first
+
+    # -- loop --------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Trains to the end (or budget) and returns ``{"best": ..., "last": ...}`` validation results."""
+        writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        budget = self.cfg.max_minutes * 60 if self.cfg.max_minutes is not None else math.inf
+        session_start, session_elapsed0 = time.monotonic(), self.elapsed
+        deadline = None if math.isinf(budget) else session_start + max(budget - self.elapsed, 0.0)
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        while self.epoch < self.cfg.max_epochs and not out_of_time:
+            t0 = time.monotonic()
+            mean_loss, out_of_time = self.train_epoch(deadline)
+            self.epoch += 1
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.elapsed = session_elapsed0 + time.monotonic() - session_start
+            self._advance_schedule(budget)
+            writer.add_scalar("train/loss", mean_loss, self.epoch)
+            writer.add_scalar("train/lr", lr, self.epoch)
+            log.info("epoch %d/%d  loss %.4f  lr %.2e  %.1fs", self.epoch, self.cfg.max_epochs, mean_loss, lr,
+                     time.monotonic() - t0)
+            if out_of_time:
+                log.info("time budget of %s min reached: validating and stopping", self.cfg.max_minutes)
+            if out_of_time or self.epoch % self.cfg.val_every == 0 or self.epoch == self.cfg.max_epochs:
+                self._validate_and_record(writer)
+            save_checkpoint(self.state_dict(), self.ckpt_dir / "last.pt")
+        if self.last["epoch"] != self.epoch:  # e.g. resumed a finished run: still report fresh numbers
+            self._validate_and_record(writer)
+            save_checkpoint(self.state_dict(), self.ckpt_dir / "last.pt")
+        writer.close()
+        result = {"best": self.best, "last": self.last, "epochs": self.epoch, "train_minutes": self.elapsed / 60}
+        (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        return result
+
+    def _advance_schedule(self, budget_seconds: float) -> None:
+        """Steps the LR schedule to the run's progress: epochs done, or time used if that is further.
+
+        Schedulers are configured over ``max_epochs`` steps. Under a ``max_minutes`` budget that
+        ends the run early, the schedule follows the clock instead (several steps per epoch), so
+        a time-limited run still ends on the low learning rates its schedule intends.
+        """
+        if self.scheduler is None:
+            return
+        progress = self.epoch / self.cfg.max_epochs
+        if not math.isinf(budget_seconds):
+            progress = max(progress, self.elapsed / budget_seconds)
+        target = min(max(round(progress * self.cfg.max_epochs), self.epoch), self.cfg.max_epochs)
+        while self.scheduler.last_epoch < target:
+            self.scheduler.step()
+
+    def _validate_and_record(self, writer: SummaryWriter) -> None:
+        metrics, first = self.validate()
+        self.last = {"epoch": self.epoch, "metrics": metrics}
+        self.history.append(self.last)
+        for name, value in metrics.items():
+            writer.add_scalar(f"val/{name}", value, self.epoch)
+        if first is not None and self.cfg.log_images:
+            writer.add_image("val/image_label_prediction", overlay_slices(**first, num_classes=self.metric.num_classes),
+                             self.epoch, dataformats="HWC")
+        improved = self.best["metrics"] is None or metrics["mean_dice"] > self.best["metrics"]["mean_dice"]
+        if improved:
+            self.best = dict(self.last)
+        log.info("validation at epoch %d: %s%s", self.epoch,
+                 "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), "  (best)" if improved else "")
+        if improved:
+            save_checkpoint(self.state_dict(), self.ckpt_dir / "best.pt")

@@ -1,0 +1,80 @@
+"""Train a segmentation network: ``python -m medseg.train dataset=msd/spleen model=unet3d``.
+
+The Hydra entry is thin; :func:`train` is a plain function that tests and other code call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from medseg.data.loaders import build_segmentation_data
+from medseg.engine.trainer import Trainer
+from medseg.errors import exit_on_user_error
+from medseg.utils import seed_everything, select_device
+
+log = logging.getLogger("medseg.train")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Trains and validates as configured; writes the run folder ``cfg.paths.output_dir``.
+
+    Returns:
+        ``{"best": {"epoch", "metrics"}, "last": {...}, "epochs", "train_minutes"}``.
+    """
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = select_device(cfg.trainer.device)
+
+    data = build_segmentation_data(cfg.dataset, cfg.get("augment"), seed=cfg.seed)
+    (run_dir / "split.json").write_text(json.dumps({"fold": cfg.dataset.fold, **data.split}, indent=2))
+
+    model = instantiate(cfg.model)
+    optimizer = instantiate(cfg.optimizer)(params=model.parameters())
+    scheduler = instantiate(cfg.scheduler)(optimizer=optimizer) if cfg.get("scheduler") else None
+    trainer = Trainer(
+        cfg=cfg.trainer,
+        model=model,
+        loss_fn=instantiate(cfg.loss),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        inferer=instantiate(cfg.inferer),
+        data=data,
+        run_dir=run_dir,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        device=device,
+    )
+    if cfg.trainer.resume:
+        trainer.resume(str(cfg.trainer.resume))
+    log.info("training %s on %s (%s), run folder %s", type(model).__name__, data.task_dir.name, device, run_dir)
+    result = trainer.fit()
+    best = result["best"]
+    log.info("best mean validation Dice %.4f at epoch %s; run folder: %s",
+             best["metrics"]["mean_dice"], best["epoch"], run_dir)
+    return result
+
+
+def metric_value(result: dict[str, Any], name: str) -> float:
+    """Looks up ``val/<metric>`` of the best validation, the value a sweeper optimises."""
+    return float(result["best"]["metrics"][name.removeprefix("val/")])
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@exit_on_user_error
+def main(cfg: DictConfig) -> float:
+    result = train(cfg)
+    value = metric_value(result, cfg.optimized_metric)
+    print(f"mean validation Dice: {result['best']['metrics']['mean_dice']:.4f} (best, epoch {result['best']['epoch']})")
+    print(f"run folder: {cfg.paths.output_dir}")
+    return value
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Small helpers shared by the entry points."""
+
+from __future__ import annotations
+
+import torch
+from monai.utils import set_determinism
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seeds python, numpy and torch. ``deterministic`` also forces deterministic cuDNN (slower)."""
+    set_determinism(seed=seed)
+    if not deterministic:  # set_determinism switches cuDNN autotuning off; we want it unless asked
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
