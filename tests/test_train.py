@@ -28,7 +28,7 @@ def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_trains_one_tiny_epoch(tiny_cfg, model):
-    cfg = tiny_cfg(f"model={model}", "dataset.cache_rate=0.5", *([MIN_PATCH[model]] if model in MIN_PATCH else []))
+    cfg = tiny_cfg(f"model={model}", "trainer.steps_per_epoch=2", *([MIN_PATCH[model]] if model in MIN_PATCH else []))
     result = train(cfg)
     assert result["epochs"] == 1
     dice = result["best"]["metrics"]
@@ -72,7 +72,7 @@ def test_time_budget_stops_cleanly_with_validation_and_checkpoint(tiny_cfg):
 
 def test_missing_data_folder_is_one_clear_line(tmp_path):
     proc = cli(f"paths.data_dir={tmp_path / 'nowhere'}", "dataset.prepare=null",
-               "dataset.download_hint='make download TASK=spleen'", f"hydra.run.dir={tmp_path / 'run'}")
+               "+dataset.download_hint='make download TASK=spleen'", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

@@ -150,6 +150,8 @@ class Trainer:
             if deadline is not None and time.monotonic() > deadline:
                 out_of_time = True
                 break
+            if self.cfg.steps_per_epoch and count >= self.cfg.steps_per_epoch:
+                break
         return total / max(count, 1), out_of_time
 
     def validate(self) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
