@@ -75,7 +75,8 @@ class Trainer:
         self.amp = bool(cfg.amp) and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.ckpt_dir = run_dir / "checkpoints"
-        self.metric = PerClassDice(data.label_names)
+        self.target = data.target
+        self.metric = PerClassDice(self.target.scored_names(data.label_names), self.target.include_background)
         self.epoch = 0  # completed epochs
         self.global_step = 0
         self.elapsed = 0.0  # training seconds over all sessions of this run (resume included)
@@ -159,10 +160,11 @@ class Trainer:
         first = None
         for batch in tqdm(self.data.val_loader, desc="validate", leave=False, disable=not sys.stderr.isatty()):
             logits = predict_logits(self.model, batch["image"], self.inferer, self.device, self.amp)
-            pred = logits.argmax(dim=1, keepdim=True)
-            self.metric.update(pred, batch["label"])
+            label = batch["label"].to(logits.device)
+            self.metric.update(self.target.discretize(logits), self.target.reference(label, logits.shape[1]))
             if first is None:
-                first = {"image": batch["image"][0].cpu(), "label": batch["label"][0].cpu(), "pred": pred[0].cpu()}
+                first = {"image": batch["image"][0].cpu(), "label": self._as_label_map(label)[0].cpu(),
+                         "pred": self.target.label_map(logits)[0].cpu()}
         return self.metric.compute(), first
 
     # -- loop --------------------------------------------------------------------------------
@@ -197,6 +199,12 @@ class Trainer:
         (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         return result
 
+    def _as_label_map(self, label: torch.Tensor) -> torch.Tensor:
+        """Reference as one label map for pictures (region labels are painted like predictions)."""
+        if label.shape[1] == 1:
+            return label
+        return self.target.label_map(label * 2 - 1)  # binary regions -> +-1 "logits"
+
     def _advance_schedule(self, budget_seconds: float) -> None:
         """Steps the LR schedule to the run's progress: epochs done, or time used if that is further.
 
@@ -220,7 +228,7 @@ class Trainer:
         for name, value in metrics.items():
             writer.add_scalar(f"val/{name}", value, self.epoch)
         if first is not None and self.cfg.log_images:
-            writer.add_image("val/image_label_prediction", overlay_slices(**first, num_classes=self.metric.num_classes),
+            writer.add_image("val/image_label_prediction", overlay_slices(**first, num_classes=len(self.data.label_names)),
                              self.epoch, dataformats="HWC")
         improved = self.best["metrics"] is None or metrics["mean_dice"] > self.best["metrics"]["mean_dice"]
         if improved:

@@ -11,10 +11,12 @@ def _colorize(image2d: np.ndarray, labels2d: np.ndarray, num_classes: int, alpha
     lo, hi = np.percentile(image2d, [0.5, 99.5])
     grey = np.clip((image2d - lo) / max(hi - lo, 1e-6), 0, 1)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
-    colors = colormaps["tab10"](np.arange(max(num_classes, 2)))[:, :3]
-    for c in range(1, num_classes):
+    colors = colormaps["tab10"](np.arange(10))[:, :3]
+    for c in np.unique(labels2d):
+        if c <= 0:
+            continue
         mask = labels2d == c
-        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colors[(c - 1) % len(colors)]
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colors[(int(c) - 1) % len(colors)]
     return rgb
 
 

@@ -1,39 +1,35 @@
-"""Per-class Dice on label maps, with MONAI's DiceMetric."""
+"""Per-class Dice with MONAI's DiceMetric, accumulated over validation cases."""
 
 from __future__ import annotations
 
 import torch
 from monai.metrics import DiceMetric
-from monai.networks.utils import one_hot
 
 
 class PerClassDice:
-    """Accumulates Dice per foreground class over cases; background is not scored.
+    """Accumulates Dice per scored channel over cases.
 
     A class absent from both reference and prediction of a case scores NaN there and is left out
     of that class's mean (MONAI's ``ignore_empty``), so small structures are not rewarded for
     being absent.
+
+    Args:
+        names: names of the scored channels, in order.
+        include_background: score channel 0 too (regions) or not (exclusive classes).
     """
 
-    def __init__(self, label_names: dict[int, str]):
-        self.label_names = label_names
-        self.num_classes = len(label_names)
-        self.metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    def __init__(self, names: list[str], include_background: bool = False):
+        self.names = names
+        self.metric = DiceMetric(include_background=include_background, reduction="mean_batch", ignore_empty=True)
 
-    def update(self, pred_labels: torch.Tensor, ref_labels: torch.Tensor) -> None:
-        """Adds a batch.
-
-        Args:
-            pred_labels: ``(B, 1, *spatial)`` integer label map.
-            ref_labels: ``(B, 1, *spatial)`` integer label map of the same shape.
-        """
-        self.metric(one_hot(pred_labels, self.num_classes), one_hot(ref_labels.to(pred_labels.device), self.num_classes))
+    def update(self, pred_onehot: torch.Tensor, ref_onehot: torch.Tensor) -> None:
+        """Adds a batch of ``(B, C, *spatial)`` binary predictions and references."""
+        self.metric(pred_onehot, ref_onehot.to(pred_onehot.device))
 
     def compute(self) -> dict[str, float]:
-        """``{class name: dice, ..., "mean_dice": mean over classes}`` and resets the accumulator."""
-        per_class = self.metric.aggregate().cpu().tolist()
+        """``{name: dice, ..., "mean_dice": mean over classes}``; resets the accumulator."""
+        per_class = self.metric.aggregate().cpu()
         self.metric.reset()
-        names = [self.label_names[i] for i in sorted(self.label_names) if i != 0]
-        result = {name: float(v) for name, v in zip(names, per_class)}
-        result["mean_dice"] = float(torch.tensor(per_class).nanmean())
+        result = {name: float(v) for name, v in zip(self.names, per_class.tolist())}
+        result["mean_dice"] = float(per_class.nanmean())
         return result

@@ -1,0 +1,106 @@
+"""Datasets and loaders for a segmentation task: fold selection, caching, patch sampling."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.utils import instantiate
+from monai.data import CacheDataset, DataLoader
+from monai.transforms import Compose
+from omegaconf import DictConfig
+
+from medseg.data import datalist
+from medseg.data.transforms import augmentation, preprocessing
+from medseg.errors import MedsegError
+from medseg.metrics.targets import ClassLabels, Regions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentationData:
+    """What the engine needs from the data side."""
+
+    train_loader: DataLoader
+    val_loader: DataLoader
+    label_names: dict[int, str]
+    split: dict[str, list[str]]
+    task_dir: Path
+    target: ClassLabels | Regions
+
+
+def resolve_task_dir(cfg: DictConfig) -> Path:
+    """The data folder, prepared (e.g. the synthetic task generated) if the config says how.
+
+    Raises:
+        MedsegError: the folder is missing and cannot be made; the message says how to get it.
+    """
+    task_dir = Path(cfg.task_dir)
+    if not task_dir.is_dir():
+        if cfg.get("prepare") is not None:
+            log.info("preparing %s", task_dir)
+            instantiate(cfg.prepare)
+        else:
+            hint = cfg.get("download_hint") or "put the data there"
+            raise MedsegError(
+                f"data folder {task_dir} not found: run `{hint}`, set paths.data_dir / "
+                "MEDSEG_DATA to where it lives, or train on the embedded task with dataset=synthetic"
+            )
+    return task_dir
+
+
+def _check(cfg: DictConfig, data: datalist.Datalist) -> None:
+    where = data.root / "dataset.json" if (data.root / "dataset.json").is_file() else data.root
+    if len(data.label_names) != cfg.num_classes:
+        raise MedsegError(f"{where} defines {len(data.label_names)} labels but dataset.num_classes={cfg.num_classes}; fix the dataset config")
+    if not data.cases:
+        raise MedsegError(f"{where} lists no labelled training cases")
+    cases = [*data.cases.values(), *(data.fixed_val or {}).values()]
+    files = [f for c in cases for key in ("image", "label") for f in ([c[key]] if isinstance(c[key], str) else c[key])]
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise MedsegError(f"{missing[0]} is listed for {where} but missing ({len(missing)} files missing); re-download or verify the data")
+
+
+def select_split(cfg: DictConfig, data: datalist.Datalist) -> tuple[list[dict], list[dict], dict[str, list[str]]]:
+    """Train and validation cases of fold ``cfg.fold`` (or the official validation set)."""
+    if data.fixed_val is not None:
+        split = {"train": sorted(data.cases), "val": sorted(data.fixed_val)}
+        return [data.cases[c] for c in split["train"]], [data.fixed_val[c] for c in split["val"]], split
+    folds = datalist.load_or_create_splits(data.root, list(data.cases), cfg.num_folds, cfg.split_seed)
+    if not 0 <= cfg.fold < len(folds):
+        raise MedsegError(f"dataset.fold={cfg.fold} but {data.root / datalist.SPLITS_FILE} has {len(folds)} folds")
+    split = folds[cfg.fold]
+    return [data.cases[c] for c in split["train"]], [data.cases[c] for c in split["val"]], split
+
+
+def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, seed: int = 0) -> SegmentationData:
+    """Builds cached train/val datasets for fold ``cfg.fold`` of the saved split.
+
+    Args:
+        cfg: the ``dataset`` config.
+        augment: the ``augment`` config (random patch transforms, applied after the cache).
+        seed: seeds the random transforms.
+    """
+    task_dir = resolve_task_dir(cfg)
+    data: datalist.Datalist = instantiate(cfg.source)
+    _check(cfg, data)
+    train_cases, val_cases, split = select_split(cfg, data)
+    if cfg.get("max_cases"):  # quick experiments on a subset; the saved split is unchanged
+        train_cases, val_cases = train_cases[: cfg.max_cases], val_cases[: max(1, cfg.max_cases // 4)]
+    deterministic = preprocessing(cfg)
+    # CacheDataset caches the output of the leading deterministic transforms, up to the first random one.
+    train_chain = Compose([*deterministic.transforms, *augmentation(augment).transforms])
+    train_chain.set_random_state(seed)
+    cache = {"cache_rate": cfg.cache_rate, "num_workers": cfg.cache_workers, "progress": sys.stderr.isatty()}
+    train_ds = CacheDataset(train_cases, train_chain, **cache)
+    val_ds = CacheDataset(val_cases, deterministic, **cache)
+    train_loader = DataLoader(
+        train_ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers, drop_last=False
+    )
+    val_loader = DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=cfg.num_workers)
+    log.info("fold %s: %d training / %d validation cases from %s", cfg.fold, len(train_ds), len(val_ds), task_dir)
+    return SegmentationData(train_loader, val_loader, data.label_names, split, task_dir, instantiate(cfg.target))
