@@ -5,9 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
+DATASET ?= msd
+TASK ?=
+DATA ?= data
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all train clean
+.PHONY: help install demo test train download clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +31,9 @@ train: install ## python -m medseg.train with ARGS="dataset=... model=..."
 
 test: install ## run the test suite (slow end-to-end tests included)
 	$(PY) -m pytest -q $(ARGS)
+
+download: install ## fetch a dataset: make download TASK=spleen | make download DATASET=medmnist TASK=pathmnist
+	$(PY) scripts/download_data.py --dataset $(DATASET) --task $(TASK) --output $(DATA) $(ARGS)
 
 clean: ## remove caches and outputs/ runs (keeps data/ and .venv)
 	rm -rf outputs/*/ .pytest_cache

@@ -124,7 +124,7 @@ class Datalist:
     fixed_val: dict[str, dict[str, Any]] | None = None
 
 
-def msd_datalist(task_dir: str | Path) -> Datalist:
-    """Training cases and label names of an MSD-layout task (``dataset.json`` + imagesTr/labelsTr)."""
-    meta = read_dataset_json(task_dir)
-    return Datalist(training_cases(task_dir, meta), label_names(meta), Path(task_dir))
+def msd_datalist(root: str | Path) -> Datalist:
+    """Training cases and label names of an MSD-layout task folder (``dataset.json`` + imagesTr/labelsTr)."""
+    meta = read_dataset_json(root)
+    return Datalist(training_cases(root, meta), label_names(meta), Path(root))

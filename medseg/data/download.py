@@ -59,6 +59,9 @@ def download(url: str, dest: Path, md5: str | None, progress: bool | None = None
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
                     bar.update(len(chunk))
+        got = partial.stat().st_size
+        if total is not None and got < total:  # connection closed early without an error
+            raise MedsegError(f"download of {url} interrupted at {got} of {total} bytes (kept in {partial}); rerun to resume")
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # requested range beyond the end: the partial file is complete
             pass
@@ -114,11 +117,16 @@ def _drop_appledouble(root: Path) -> int:
     return len(junk)
 
 
-def fetch_msd(name: str, output: str | Path, base_url: str | None = None, keep_archive: bool = False) -> Path:
+def fetch_msd(
+    name: str, output: str | Path, base_url: str | None = None, keep_archive: bool = False, md5: str | None = None
+) -> Path:
     """Downloads, verifies and extracts one MSD task into ``<output>/TaskNN_Name``.
 
     Extraction happens in a hidden temporary folder that is renamed into place only when
     complete, so the task folder either exists whole or not at all.
+
+    Args:
+        md5: expected archive MD5; default MONAI's for the official archive.
 
     Returns:
         The task folder.
@@ -130,7 +138,7 @@ def fetch_msd(name: str, output: str | Path, base_url: str | None = None, keep_a
         print(f"{folder} already present in {task_dir}")
         return task_dir
     url = msd_url(folder, base_url)
-    archive = download(url, output / ".downloads" / f"{folder}.tar", DecathlonDataset.md5[folder])
+    archive = download(url, output / ".downloads" / f"{folder}.tar", md5 or DecathlonDataset.md5[folder])
     staging = output / f".{folder}.extracting"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -173,7 +181,9 @@ def medmnist_filename(flag: str, size: int = 28) -> str:
     return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
 
 
-def fetch_medmnist(flag: str, output: str | Path, size: int = 28, base_url: str | None = None) -> Path:
+def fetch_medmnist(
+    flag: str, output: str | Path, size: int = 28, base_url: str | None = None, md5: str | None = None
+) -> Path:
     """Downloads ``<output>/medmnist/<flag>[_<size>].npz`` with the URL and MD5 from ``medmnist.INFO``."""
     flags = medmnist_flags()
     flag = flag.strip().lower()
@@ -184,7 +194,7 @@ def fetch_medmnist(flag: str, output: str | Path, size: int = 28, base_url: str 
         raise MedsegError(f"{flag} comes in sizes {sizes}, not {size}")
     info = flags[flag]
     suffix = "" if size == 28 else f"_{size}"
-    url, md5 = info[f"url{suffix}"], info[f"MD5{suffix}"]
+    url, md5 = info[f"url{suffix}"], md5 or info[f"MD5{suffix}"]
     base = base_url or os.environ.get(MEDMNIST_MIRROR_ENV)
     if base:
         url = f"{base.rstrip('/')}/{medmnist_filename(flag, size)}"

@@ -55,7 +55,7 @@ class Report:
         return not self.problems
 
 
-def _check_pair(image_path: Path, label_path: Path, allowed: set[int], report: Report) -> None:
+def _check_pair(image_path: Path, label_path: Path, allowed: set[int] | None, report: Report) -> None:
     """Readable files, label values allowed, label geometry equal to the image's."""
     try:
         image = nib.load(str(image_path))
@@ -73,7 +73,7 @@ def _check_pair(image_path: Path, label_path: Path, allowed: set[int], report: R
         report.problems.append(f"{label_path}: shape {label.shape[:3]} differs from its image's {shape}")
     elif not np.allclose(label.affine, affine, atol=1e-3):
         report.problems.append(f"{label_path}: affine differs from its image's (resampled or misaligned label?)")
-    if values - allowed:
+    if allowed is not None and values - allowed:
         report.problems.append(f"{label_path}: unexpected label values {sorted(values - allowed)} (allowed {sorted(allowed)})")
 
 
@@ -142,9 +142,9 @@ def verify_brats(root: str | Path, year: int | None = None) -> Report:
             report.problems.append(f"{files[m]}: missing")
         if "seg" in missing:
             continue
-        for m in layout["modalities"]:
-            if m not in missing:
-                _check_pair(files[m], files["seg"], layout["labels"], report)
+        present = [m for m in layout["modalities"] if m not in missing]
+        for i, m in enumerate(present):  # label values once per case, geometry against every modality
+            _check_pair(files[m], files["seg"], layout["labels"] if i == 0 else None, report)
     report.summary.append(f"BraTS {year}: {len(cases)} case folders in {root}")
     return report
 
