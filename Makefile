@@ -5,12 +5,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
+CKPT ?=
+INPUT ?=
+OUTPUT ?= preds
+PRED ?= $(OUTPUT)
+REF ?=
 DATASET ?= msd
 TASK ?=
 DATA ?= data
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test train download clean
+.PHONY: help install demo test train download predict evaluate clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +39,12 @@ test: install ## run the test suite (slow end-to-end tests included)
 
 download: install ## fetch a dataset: make download TASK=spleen | make download DATASET=medmnist TASK=pathmnist
 	$(PY) scripts/download_data.py --dataset $(DATASET) --task $(TASK) --output $(DATA) $(ARGS)
+
+predict: install ## segment scans: make predict CKPT=outputs/.../best.pt INPUT=scans/ OUTPUT=preds/
+	$(PY) -m medseg.predict ckpt=$(CKPT) input=$(INPUT) output=$(OUTPUT) $(ARGS)
+
+evaluate: install ## score predictions: make evaluate PRED=preds/ REF=labels/
+	$(PY) -m medseg.evaluate pred=$(PRED) ref=$(REF) $(ARGS)
 
 clean: ## remove caches and outputs/ runs (keeps data/ and .venv)
 	rm -rf outputs/*/ .pytest_cache

@@ -51,7 +51,8 @@ def test_every_optimizer_and_scheduler(tiny_cfg, optimizer, scheduler):
 def test_every_loss_handles_single_and_deep_supervised_outputs(tiny_cfg, loss):
     cfg = tiny_cfg(f"loss={loss}")
     loss_fn = instantiate(cfg.loss)
-    target = torch.randint(0, 3, (2, 1, 8, 8, 8)).float()  # the pipeline yields float label maps
+    # the pipeline yields float label maps: class indices, or one binary channel per region
+    target = (torch.randint(0, 2, (2, 3, 8, 8, 8)) if "regions" in loss else torch.randint(0, 3, (2, 1, 8, 8, 8))).float()
     logits = torch.randn(2, 3, 8, 8, 8, requires_grad=True)
     single = loss_fn(logits, target)
     deep = loss_fn([logits, torch.randn(2, 3, 4, 4, 4)], target)

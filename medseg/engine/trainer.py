@@ -24,7 +24,7 @@ from tqdm import tqdm
 from medseg.data.loaders import SegmentationData
 from medseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from medseg.engine.visualize import overlay_slices
-from medseg.inference.sliding_window import autocast_context, predict_logits
+from medseg.inference.sliding_window import autocast_context, predict_probabilities
 from medseg.metrics.dice import PerClassDice
 
 log = logging.getLogger(__name__)
@@ -159,12 +159,13 @@ class Trainer:
         """Dice per class over the validation cases; also returns the first case for pictures."""
         first = None
         for batch in tqdm(self.data.val_loader, desc="validate", leave=False, disable=not sys.stderr.isatty()):
-            logits = predict_logits(self.model, batch["image"], self.inferer, self.device, self.amp)
-            label = batch["label"].to(logits.device)
-            self.metric.update(self.target.discretize(logits), self.target.reference(label, logits.shape[1]))
+            probs = predict_probabilities([self.model], batch["image"], self.inferer, self.device,
+                                          self.target.activate, self.amp)
+            label = batch["label"].to(probs.device)
+            self.metric.update(self.target.discretize(probs), self.target.reference(label, probs.shape[1]))
             if first is None:
-                first = {"image": batch["image"][0].cpu(), "label": self._as_label_map(label)[0].cpu(),
-                         "pred": self.target.label_map(logits)[0].cpu()}
+                first = {"image": batch["image"][0].cpu(), "label": self.target.reference_map(label)[0].cpu(),
+                         "pred": self.target.label_map(probs)[0].cpu()}
         return self.metric.compute(), first
 
     # -- loop --------------------------------------------------------------------------------
@@ -198,12 +199,6 @@ class Trainer:
         result = {"best": self.best, "last": self.last, "epochs": self.epoch, "train_minutes": self.elapsed / 60}
         (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         return result
-
-    def _as_label_map(self, label: torch.Tensor) -> torch.Tensor:
-        """Reference as one label map for pictures (region labels are painted like predictions)."""
-        if label.shape[1] == 1:
-            return label
-        return self.target.label_map(label * 2 - 1)  # binary regions -> +-1 "logits"
 
     def _advance_schedule(self, budget_seconds: float) -> None:
         """Steps the LR schedule to the run's progress: epochs done, or time used if that is further.

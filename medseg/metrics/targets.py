@@ -3,6 +3,8 @@
 ``ClassLabels``: mutually exclusive classes (softmax, argmax), channel 0 is background.
 ``Regions``: overlapping binary regions (sigmoid, threshold), e.g. BraTS TC/WT/ET, every channel
 scored. Validation, prediction and metrics ask the target instead of branching on the task.
+All methods take probabilities (``activate`` of the logits), so ensembles and test-time
+augmentation can average them first.
 """
 
 from __future__ import annotations
@@ -16,17 +18,24 @@ class ClassLabels:
 
     include_background = False
 
-    def discretize(self, logits: torch.Tensor) -> torch.Tensor:
-        """``(B, C, *S)`` logits -> ``(B, C, *S)`` one-hot prediction."""
-        return one_hot(logits.argmax(dim=1, keepdim=True), logits.shape[1])
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *S)`` logits -> probabilities."""
+        return torch.softmax(logits, dim=1)
+
+    def discretize(self, probs: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *S)`` probabilities -> ``(B, C, *S)`` one-hot prediction."""
+        return one_hot(probs.argmax(dim=1, keepdim=True), probs.shape[1])
 
     def reference(self, label: torch.Tensor, num_channels: int) -> torch.Tensor:
         """``(B, 1, *S)`` label map -> ``(B, C, *S)`` one-hot."""
         return one_hot(label, num_channels)
 
-    def label_map(self, logits: torch.Tensor) -> torch.Tensor:
+    def label_map(self, probs: torch.Tensor) -> torch.Tensor:
         """``(B, 1, *S)`` class indices, the form written to disk."""
-        return logits.argmax(dim=1, keepdim=True)
+        return probs.argmax(dim=1, keepdim=True)
+
+    def reference_map(self, label: torch.Tensor) -> torch.Tensor:
+        return label
 
     def scored_names(self, label_names: dict[int, str]) -> list[str]:
         return [label_names[i] for i in sorted(label_names) if i != 0]
@@ -37,32 +46,38 @@ class Regions:
 
     Args:
         threshold: probability above which a voxel belongs to a region.
-        label_values: for :meth:`label_map`, the label value painted for each region, last wins
-            (BraTS 2021: WT=2, TC=1, ET=4 painted in the order WT, TC, ET).
-        paint_order: channel indices in the order they are painted.
+        label_values: for :meth:`label_map`, the label value painted for each region channel
+            (BraTS: TC as NCR, WT as ED, ET as ET).
+        paint_order: channel indices in the order they are painted, later ones on top.
     """
 
     include_background = True
 
     def __init__(self, threshold: float = 0.5, label_values: list[int] | None = None, paint_order: list[int] | None = None):
         self.threshold = threshold
-        self.label_values = label_values
-        self.paint_order = paint_order
+        self.label_values = list(label_values) if label_values is not None else None
+        self.paint_order = list(paint_order) if paint_order is not None else None
 
-    def discretize(self, logits: torch.Tensor) -> torch.Tensor:
-        return (torch.sigmoid(logits) > self.threshold).float()
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+    def discretize(self, probs: torch.Tensor) -> torch.Tensor:
+        return (probs > self.threshold).float()
 
     def reference(self, label: torch.Tensor, num_channels: int) -> torch.Tensor:
         return label.float()
 
-    def label_map(self, logits: torch.Tensor) -> torch.Tensor:
-        regions = self.discretize(logits)
+    def label_map(self, probs: torch.Tensor) -> torch.Tensor:
+        regions = self.discretize(probs)
         out = torch.zeros_like(regions[:, :1])
         order = self.paint_order or list(range(regions.shape[1]))
         values = self.label_values or list(range(1, regions.shape[1] + 1))
         for channel in order:
             out[regions[:, channel : channel + 1] > 0] = values[channel]
         return out
+
+    def reference_map(self, label: torch.Tensor) -> torch.Tensor:
+        return self.label_map(label.float())
 
     def scored_names(self, label_names: dict[int, str]) -> list[str]:
         return [label_names[i] for i in sorted(label_names)]

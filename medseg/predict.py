@@ -1,0 +1,82 @@
+"""Segment new scans: ``python -m medseg.predict ckpt=.../best.pt input=scans/ output=preds/``.
+
+Writes ``<output>/<case>.nii.gz`` in each input's original geometry. A bad input file is
+reported in one line and the others are still predicted; the exit code is non-zero if any failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from medseg.engine.visualize import save_overlay_png
+from medseg.errors import MedsegError, exit_on_user_error
+from medseg.inference.cases import discover_cases
+from medseg.inference.predictor import Predictor, save_nifti
+from medseg.utils import select_device
+
+log = logging.getLogger("medseg.predict")
+
+
+def _writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".medseg_write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise MedsegError(f"output folder {folder} is not writable ({err.strerror}); choose another output=") from err
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Predicts every case under ``cfg.input``.
+
+    Returns:
+        ``{"written": [paths], "failed": ["file: reason", ...]}``.
+    """
+    output = Path(cfg.output)
+    _writable(output)
+    ckpts = [cfg.ckpt] if isinstance(cfg.ckpt, str) else list(cfg.ckpt)
+    predictor = Predictor(
+        ckpts, select_device(cfg.device), OmegaConf.to_container(cfg.inferer), amp=cfg.amp,
+        mirror_axes=None if cfg.tta else (), largest_component=cfg.largest_component,
+    )
+    cases, failed = discover_cases(cfg.input, predictor.in_channels)
+    for line in failed:
+        print(f"error: {line}", file=sys.stderr)
+    written = []
+    for case, image in tqdm(cases.items(), desc="predict", unit="case", disable=not sys.stderr.isatty()):
+        try:
+            result = predictor(image, with_probabilities=cfg.save_probabilities)
+        except MedsegError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed.append(str(err))
+            continue
+        path = output / f"{case}.nii.gz"
+        save_nifti(result.labels, result.affine, path)
+        if result.probabilities is not None:
+            save_nifti(result.probabilities, result.affine, output / f"{case}_probabilities.nii.gz")
+        if cfg.save_overlays:
+            (output / "overlays").mkdir(exist_ok=True)
+            save_overlay_png(output / "overlays" / f"{case}.png", result.preview["image"], result.preview["pred"], title=case)
+        written.append(str(path))
+        log.info("%s -> %s", image, path)
+    print(f"predicted {len(written)} case(s) into {output}" + (f"; {len(failed)} failed" if failed else ""))
+    return {"written": written, "failed": failed}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    if predict(cfg)["failed"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
