@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from medseg.data.datalist import label_names as names_from_meta
 from medseg.engine.visualize import save_overlay_png
+from medseg import CONF_DIR
 from medseg.errors import MedsegError, exit_on_user_error
 from medseg.inference.cases import IMAGE_SUFFIXES, case_id
 from medseg.metrics.surface import METRICS, mask_metrics
@@ -157,7 +158,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return {"rows": rows, "summary": summary, "problems": problems}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     if evaluate(cfg)["problems"]:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from medseg.engine.visualize import save_overlay_png
+from medseg import CONF_DIR
 from medseg.errors import MedsegError, exit_on_user_error
 from medseg.inference.cases import discover_cases
 from medseg.inference.predictor import Predictor, save_nifti
@@ -71,7 +72,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return {"written": written, "failed": failed}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     if predict(cfg)["failed"]:

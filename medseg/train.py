@@ -14,8 +14,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from medseg.data.loaders import build_segmentation_data
 from medseg.engine.trainer import Trainer
+from medseg import CONF_DIR
 from medseg.errors import exit_on_user_error
 from medseg.utils import seed_everything, select_device
 
@@ -33,8 +33,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(cfg.trainer.device)
 
-    data = build_segmentation_data(cfg.dataset, cfg.get("augment"), seed=cfg.seed)
-    (run_dir / "split.json").write_text(json.dumps({"fold": cfg.dataset.fold, **data.split}, indent=2))
+    data = instantiate(cfg.dataset.task).build(cfg)
+    (run_dir / "split.json").write_text(json.dumps({"fold": cfg.dataset.get("fold"), **data.split}, indent=2))
 
     model = instantiate(cfg.model)
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
@@ -45,7 +45,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         loss_fn=instantiate(cfg.loss),
         optimizer=optimizer,
         scheduler=scheduler,
-        inferer=instantiate(cfg.inferer),
         data=data,
         run_dir=run_dir,
         config=OmegaConf.to_container(cfg, resolve=True),
@@ -53,11 +52,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if cfg.trainer.resume:
         trainer.resume(str(cfg.trainer.resume))
-    log.info("training %s on %s (%s), run folder %s", type(model).__name__, data.task_dir.name, device, run_dir)
+    log.info("training %s on %s (%s), run folder %s", type(model).__name__, data.source.name, device, run_dir)
     result = trainer.fit()
-    best = result["best"]
-    log.info("best mean validation Dice %.4f at epoch %s; run folder: %s",
-             best["metrics"]["mean_dice"], best["epoch"], run_dir)
+    result["summary"] = f"{data.validator.describe(result['best']['metrics'])} (best, epoch {result['best']['epoch']})"
+    if "test" in result:
+        result["summary"] += "\ntest " + ", ".join(f"{k.upper()} {v:.4f}" for k, v in result["test"]["metrics"].items())
+    log.info("%s; run folder: %s", result["summary"], run_dir)
+    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -66,12 +67,12 @@ def metric_value(result: dict[str, Any], name: str) -> float:
     return float(result["best"]["metrics"][name.removeprefix("val/")])
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
     result = train(cfg)
     value = metric_value(result, cfg.optimized_metric)
-    print(f"mean validation Dice: {result['best']['metrics']['mean_dice']:.4f} (best, epoch {result['best']['epoch']})")
+    print(result["summary"])
     print(f"run folder: {cfg.paths.output_dir}")
     return value
 

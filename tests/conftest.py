@@ -33,6 +33,9 @@ TINY = [
 ]
 
 
+CLASSIFIERS = {"resnet18", "resnet50", "densenet121"}  # model/ options for MedMNIST classification
+SEGMENTATION_MODELS = sorted({p.stem for p in (CONF_DIR / "model").glob("*.yaml")} - CLASSIFIERS)
+
 # Smallest patch each network accepts (SwinUNETR's bottleneck is 1/32 of the patch and needs > 1 voxel).
 MIN_PATCH = {"swinunetr": "dataset.patch_size=[64,64,64]"}
 

@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 
 from medseg.data.transforms import augmentation
-from tests.conftest import CONF_DIR, MIN_PATCH
+from tests.conftest import CONF_DIR, MIN_PATCH, SEGMENTATION_MODELS
 
 
 def options(group: str) -> list[str]:
@@ -17,10 +17,11 @@ def options(group: str) -> list[str]:
 def test_groups_have_the_promised_options():
     assert {"unet3d", "segresnet", "unetr", "swinunetr", "dynunet", "attention_unet", "basic_unet"} <= set(options("model"))
     assert {"default", "fast", "gpu"} <= set(options("trainer"))
-    assert "synthetic" in options("dataset")
+    assert "synthetic" in options("dataset") and "brats" in options("dataset")
+    assert {"resnet18", "resnet50", "densenet121"} <= set(options("model"))
 
 
-@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("model", SEGMENTATION_MODELS)
 def test_every_model_builds_and_keeps_patch_shape(tiny_cfg, model):
     cfg = tiny_cfg(f"model={model}", *([MIN_PATCH[model]] if model in MIN_PATCH else []))
     net = instantiate(cfg.model).eval()
@@ -47,8 +48,11 @@ def test_every_optimizer_and_scheduler(tiny_cfg, optimizer, scheduler):
         assert lrs[-1] < 0.5 * max(lrs)  # decays over the run
 
 
-@pytest.mark.parametrize("loss", options("loss"))
-def test_every_loss_handles_single_and_deep_supervised_outputs(tiny_cfg, loss):
+CLASSIFICATION_LOSSES = {"ce", "bce"}
+
+
+@pytest.mark.parametrize("loss", sorted(set(options("loss")) - CLASSIFICATION_LOSSES))
+def test_every_segmentation_loss_handles_single_and_deep_supervised_outputs(tiny_cfg, loss):
     cfg = tiny_cfg(f"loss={loss}")
     loss_fn = instantiate(cfg.loss)
     # the pipeline yields float label maps: class indices, or one binary channel per region
@@ -61,7 +65,7 @@ def test_every_loss_handles_single_and_deep_supervised_outputs(tiny_cfg, loss):
     assert logits.grad is not None
 
 
-@pytest.mark.parametrize("augment", options("augment"))
+@pytest.mark.parametrize("augment", sorted(set(options("augment")) - {"classification"}))
 def test_every_augmentation_yields_patches(tiny_cfg, augment):
     cfg = tiny_cfg(f"augment={augment}", "dataset.num_samples=3")
     chain = augmentation(cfg.augment)
@@ -82,3 +86,20 @@ def test_inferer_uses_patch_size_as_roi(tiny_cfg):
     assert list(inferer.roi_size) == [16, 24, 32]
     out = inferer(torch.rand(1, 1, 40, 30, 35), lambda x: torch.cat([x, 1 - x], 1))
     assert out.shape == (1, 2, 40, 30, 35)
+
+
+@pytest.mark.parametrize("loss", sorted(CLASSIFICATION_LOSSES))
+def test_classification_losses(tiny_cfg, loss):
+    cfg = tiny_cfg(f"loss={loss}")
+    logits = torch.randn(4, 5, requires_grad=True)
+    target = torch.randint(0, 2, (4, 5)).float() if loss == "bce" else torch.randint(0, 5, (4,))
+    value = instantiate(cfg.loss)(logits, target)
+    value.backward()
+    assert torch.isfinite(value) and logits.grad is not None
+
+
+def test_classification_augment_is_empty_by_default_and_extensible(tiny_cfg):
+    assert len(augmentation(tiny_cfg("augment=classification").augment).transforms) == 0
+    cfg = tiny_cfg("augment=classification", "+augment.flip={_target_: monai.transforms.RandFlipd, keys: image, prob: 1.0, spatial_axis: 1}")
+    image = torch.arange(6.0).reshape(1, 2, 3)
+    assert torch.equal(augmentation(cfg.augment)({"image": image})["image"], image.flip(2))

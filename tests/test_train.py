@@ -16,9 +16,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from medseg.engine.checkpoint import load_checkpoint
 from medseg.train import train
-from tests.conftest import MIN_PATCH, ROOT, TINY, CONF_DIR
+from tests.conftest import MIN_PATCH, ROOT, SEGMENTATION_MODELS, TINY
 
-MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+MODELS = SEGMENTATION_MODELS
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -7,34 +7,25 @@ config by the caller and passed in; this module only orders the steps. Settings 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from monai.inferers import Inferer
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from medseg.data.loaders import SegmentationData
 from medseg.engine.checkpoint import load_checkpoint, save_checkpoint
-from medseg.engine.visualize import overlay_slices
-from medseg.inference.sliding_window import autocast_context, predict_probabilities
-from medseg.metrics.dice import PerClassDice
+from medseg.inference.sliding_window import autocast_context
+
+if TYPE_CHECKING:
+    from medseg.tasks import TaskData
 
 log = logging.getLogger(__name__)
-
-
-def deep_supervision_outputs(outputs: torch.Tensor | list[torch.Tensor], target: torch.Tensor):
-    """DynUNet stacks its deep-supervision heads on dim 1 in training; losses want a list of them."""
-    if isinstance(outputs, torch.Tensor) and outputs.dim() == target.dim() + 1:
-        return list(torch.unbind(outputs, dim=1))
-    return outputs
 
 
 class Trainer:
@@ -42,9 +33,9 @@ class Trainer:
 
     Args:
         cfg: the ``trainer`` config.
-        model, loss_fn, optimizer, scheduler, inferer: built from their config groups.
+        model, loss_fn, optimizer, scheduler: built from their config groups.
         data: loaders and label names.
-        run_dir: Hydra run folder; receives ``checkpoints/``, ``tensorboard/``, ``metrics.json``.
+        run_dir: Hydra run folder; receives ``checkpoints/`` and ``tensorboard/``.
         config: the resolved run config as a plain dict, stored in every checkpoint.
         device: where training runs.
     """
@@ -56,8 +47,7 @@ class Trainer:
         loss_fn: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-        inferer: Inferer,
-        data: SegmentationData,
+        data: TaskData,
         run_dir: Path,
         config: dict[str, Any],
         device: torch.device,
@@ -67,7 +57,6 @@ class Trainer:
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.inferer = inferer
         self.data = data
         self.run_dir = run_dir
         self.config = config
@@ -75,8 +64,7 @@ class Trainer:
         self.amp = bool(cfg.amp) and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.ckpt_dir = run_dir / "checkpoints"
-        self.target = data.target
-        self.metric = PerClassDice(self.target.scored_names(data.label_names), self.target.include_background)
+        self.validator = data.validator
         self.epoch = 0  # completed epochs
         self.global_step = 0
         self.elapsed = 0.0  # training seconds over all sessions of this run (resume included)
@@ -137,7 +125,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             with autocast_context(self.device, self.amp):
                 outputs = self.model(image)
-                loss = self.loss_fn(deep_supervision_outputs(outputs, label), label)
+                loss = self.loss_fn(self.validator.loss_inputs(outputs, label), label)
             self.scaler.scale(loss).backward()
             if self.cfg.grad_clip:
                 self.scaler.unscale_(self.optimizer)
@@ -155,18 +143,9 @@ class Trainer:
                 break
         return total / max(count, 1), out_of_time
 
-    def validate(self) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
-        """Dice per class over the validation cases; also returns the first case for pictures."""
-        first = None
-        for batch in tqdm(self.data.val_loader, desc="validate", leave=False, disable=not sys.stderr.isatty()):
-            probs = predict_probabilities([self.model], batch["image"], self.inferer, self.device,
-                                          self.target.activate, self.amp)
-            label = batch["label"].to(probs.device)
-            self.metric.update(self.target.discretize(probs), self.target.reference(label, probs.shape[1]))
-            if first is None:
-                first = {"image": batch["image"][0].cpu(), "label": self.target.reference_map(label)[0].cpu(),
-                         "pred": self.target.label_map(probs)[0].cpu()}
-        return self.metric.compute(), first
+    def validate(self) -> tuple[dict[str, float], Any]:
+        """The task's validation metrics on the validation split, and a picture when the task has one."""
+        return self.validator(self.model, self.data.val_loader, self.device, self.amp)
 
     # -- loop --------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -195,10 +174,23 @@ class Trainer:
         if self.last["epoch"] != self.epoch:  # e.g. resumed a finished run: still report fresh numbers
             self._validate_and_record(writer)
             save_checkpoint(self.state_dict(), self.ckpt_dir / "last.pt")
-        writer.close()
         result = {"best": self.best, "last": self.last, "epochs": self.epoch, "train_minutes": self.elapsed / 60}
-        (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        if self.data.test_loader is not None:
+            result["test"] = self.test(writer)
+        writer.close()
         return result
+
+    def test(self, writer: SummaryWriter) -> dict[str, float]:
+        """Scores the best-validation weights on the labelled test split (scores saved as test_scores.npy)."""
+        best = load_checkpoint(self.ckpt_dir / "best.pt", map_location=self.device)
+        self.model.load_state_dict(best["model"])
+        metrics, _ = self.validator(self.model, self.data.test_loader, self.device, self.amp,
+                                    save_scores=str(self.run_dir / "test_scores.npy"))
+        for name, value in metrics.items():
+            writer.add_scalar(f"test/{name}", value, best["epoch"])
+        log.info("test (best-validation weights, epoch %d): %s", best["epoch"],
+                 "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return {"epoch": best["epoch"], "metrics": metrics}
 
     def _advance_schedule(self, budget_seconds: float) -> None:
         """Steps the LR schedule to the run's progress: epochs done, or time used if that is further.
@@ -217,15 +209,15 @@ class Trainer:
             self.scheduler.step()
 
     def _validate_and_record(self, writer: SummaryWriter) -> None:
-        metrics, first = self.validate()
+        metrics, picture = self.validate()
         self.last = {"epoch": self.epoch, "metrics": metrics}
         self.history.append(self.last)
         for name, value in metrics.items():
             writer.add_scalar(f"val/{name}", value, self.epoch)
-        if first is not None and self.cfg.log_images:
-            writer.add_image("val/image_label_prediction", overlay_slices(**first, num_classes=len(self.data.label_names)),
-                             self.epoch, dataformats="HWC")
-        improved = self.best["metrics"] is None or metrics["mean_dice"] > self.best["metrics"]["mean_dice"]
+        if picture is not None and self.cfg.log_images:
+            writer.add_image("val/image_label_prediction", picture, self.epoch, dataformats="HWC")
+        key = self.validator.key
+        improved = self.best["metrics"] is None or metrics[key] > self.best["metrics"][key]
         if improved:
             self.best = dict(self.last)
         log.info("validation at epoch %d: %s%s", self.epoch,
