@@ -15,7 +15,7 @@ TASK ?=
 DATA ?= data
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test train download predict evaluate clean
+.PHONY: help install demo test train download predict evaluate bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,12 @@ predict: install ## segment scans: make predict CKPT=outputs/.../best.pt INPUT=s
 
 evaluate: install ## score predictions: make evaluate PRED=preds/ REF=labels/
 	$(PY) -m medseg.evaluate pred=$(PRED) ref=$(REF) $(ARGS)
+
+bench: install ## run the benchmarks (about 30 min on 2 CPU cores); tables in benchmarks/results/
+	$(PY) -m benchmarks.data_pipeline
+	$(PY) -m benchmarks.sliding_window
+	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.hippocampus
 
 clean: ## remove caches and outputs/ runs (keeps data/ and .venv)
 	rm -rf outputs/*/ .pytest_cache

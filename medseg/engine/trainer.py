@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from monai.data import set_track_meta
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from medseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from medseg.inference.sliding_window import autocast_context
+from medseg.utils import channels_last
 
 if TYPE_CHECKING:
     from medseg.tasks import TaskData
@@ -54,6 +56,7 @@ class Trainer:
     ):
         self.cfg = cfg
         self.model = model.to(device)
+        self.memory_format = channels_last(self.model) if cfg.get("channels_last") else None
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -116,11 +119,20 @@ class Trainer:
     def train_epoch(self, deadline: float | None) -> tuple[float, bool]:
         """One pass over the training loader. Returns mean loss and whether the time budget ran out."""
         self.model.train()
+        set_track_meta(False)  # random patch transforms skip MetaTensor bookkeeping (MONAI fast-training recipe)
+        try:
+            return self._train_steps(deadline)
+        finally:
+            set_track_meta(True)
+
+    def _train_steps(self, deadline: float | None) -> tuple[float, bool]:
         total, count, out_of_time = 0.0, 0, False
         bar = tqdm(self.data.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.max_epochs}", leave=False,
                    disable=not sys.stderr.isatty(), dynamic_ncols=True)
         for batch in bar:
             image = batch["image"].to(self.device, non_blocking=True)
+            if self.memory_format is not None and image.dim() in (4, 5):
+                image = image.contiguous(memory_format=self.memory_format)
             label = batch["label"].to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
             with autocast_context(self.device, self.amp):

@@ -24,6 +24,7 @@ from medseg.data.transforms import preprocessing
 from medseg.engine.checkpoint import load_checkpoint
 from medseg.errors import MedsegError
 from medseg.inference.sliding_window import predict_probabilities
+from medseg.utils import channels_last
 
 
 @dataclass
@@ -80,7 +81,10 @@ class Predictor:
                 )
             model = instantiate(config["model"])
             model.load_state_dict(state["model"])
-            self.models.append(model.to(device).eval())
+            model = model.to(device).eval()
+            if config["trainer"].get("channels_last"):
+                channels_last(model)
+            self.models.append(model)
         _, config, names = first
         self.cfg: DictConfig = OmegaConf.create(config)
         self.label_names = {int(k): v for k, v in names.items()}
