@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import hydra
 import nibabel as nib
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from medseg.data.datalist import label_names as names_from_meta

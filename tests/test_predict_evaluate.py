@@ -26,7 +26,7 @@ from medseg.evaluate import evaluate
 from medseg.metrics.surface import mask_metrics
 from medseg.predict import predict
 from medseg.train import train
-from tests.conftest import CONF_DIR, ROOT, TINY
+from tests.conftest import CONF_DIR, ROOT
 
 
 def compose_app(name: str, overrides: list[str], output_dir: Path | None = None):

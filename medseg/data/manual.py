@@ -10,9 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
+
+if TYPE_CHECKING:
+    from medseg.data.datalist import Datalist
 
 AMOS_INSTRUCTIONS = """AMOS 2022 (500 CT + 100 MRI abdominal scans, 15 organs; licence CC BY 4.0) needs a free registration:
   1. Register at the AMOS 2022 challenge site (amos22.grand-challenge.org) and download amos22.zip (about 23 GB)
@@ -178,7 +182,7 @@ def brats_cases(root: str | Path, year: int | None = None) -> dict[str, dict]:
     return cases
 
 
-def amos_datalist(root: str | Path, modality: str, label_names: dict) -> "Datalist":
+def amos_datalist(root: str | Path, modality: str, label_names: dict) -> Datalist:
     """AMOS as a datalist: imagesTr for training folds, the official imagesVa for validation."""
     from medseg.data.datalist import Datalist
 
@@ -186,7 +190,7 @@ def amos_datalist(root: str | Path, modality: str, label_names: dict) -> "Datali
     return Datalist(train, {int(k): v for k, v in label_names.items()}, Path(root), fixed_val=val)
 
 
-def brats_datalist(root: str | Path, year: int | None, label_names: dict) -> "Datalist":
+def brats_datalist(root: str | Path, year: int | None, label_names: dict) -> Datalist:
     """BraTS as a datalist: 4 modality files per case, 5 seeded folds."""
     from medseg.data.datalist import Datalist
 

@@ -63,7 +63,7 @@ def discover_cases(source: str | Path, in_channels: int = 1) -> tuple[dict[str, 
             else:
                 skipped.append(f"{entry}: folder without DICOM files; skipped")
             continue
-        if not entry.name.endswith(IMAGE_SUFFIXES) or entry.suffix == ".raw":
+        if not entry.name.endswith(IMAGE_SUFFIXES):
             if entry.suffix.lower() not in (".raw", ".zraw"):  # .mhd data files travel with their header
                 skipped.append(f"{entry}: not an image ({', '.join(IMAGE_SUFFIXES)} or a DICOM folder); skipped")
             continue
