@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
-import sys
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
-from monai.data import CacheDataset, DataLoader
-from monai.transforms import Compose
-from omegaconf import DictConfig
+from monai.transforms import Compose, RandomizableTrait, Transform
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
-from medseg.data import datalist
+from medseg.data import caching, datalist
 from medseg.data.transforms import augmentation, preprocessing
+from medseg.engine import distributed
 from medseg.errors import MedsegError
 from medseg.metrics.targets import ClassLabels, Regions
 
@@ -77,30 +79,56 @@ def select_split(cfg: DictConfig, data: datalist.Datalist) -> tuple[list[dict], 
     return [data.cases[c] for c in split["train"]], [data.cases[c] for c in split["val"]], split
 
 
+def cached_augment_entries(augment: DictConfig | None, chain: Compose) -> dict[str, Any]:
+    """The leading deterministic entries of the ``augment`` config: the cache stores their output."""
+    names = [name for name, t in (augment or {}).items() if t is not None]
+    cached = {}
+    for name, transform in zip(names, chain.transforms):
+        if isinstance(transform, RandomizableTrait) or not isinstance(transform, Transform):
+            break
+        cached[name] = OmegaConf.to_container(augment[name], resolve=True)
+    return cached
+
+
 def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, seed: int = 0) -> SegmentationData:
-    """Builds cached train/val datasets for fold ``cfg.fold`` of the saved split.
+    """Builds train/val datasets for fold ``cfg.fold`` of the saved split, cached as ``cfg.cache`` says.
+
+    Under torchrun each process caches only its shard of the cases (MONAI's sharded-caching
+    recipe): training shards are padded to equal length so all ranks step together; validation
+    shards are not, their per-case scores are gathered.
 
     Args:
         cfg: the ``dataset`` config.
         augment: the ``augment`` config (random patch transforms, applied after the cache).
-        seed: seeds the random transforms.
+        seed: seeds the random transforms (offset by the rank, so ranks draw different patches).
     """
-    task_dir = resolve_task_dir(cfg)
-    data: datalist.Datalist = instantiate(cfg.source)
-    _check(cfg, data)
-    train_cases, val_cases, split = select_split(cfg, data)
+    caching.check_cache_mode(cfg)
+    with distributed.main_process_first():  # rank 0 generates data and writes splits.json first
+        task_dir = resolve_task_dir(cfg)
+        data: datalist.Datalist = instantiate(cfg.source)
+        _check(cfg, data)
+        train_cases, val_cases, split = select_split(cfg, data)
     if cfg.get("max_cases"):  # quick experiments on a subset; the saved split is unchanged
         train_cases, val_cases = train_cases[: cfg.max_cases], val_cases[: max(1, cfg.max_cases // 4)]
+    train_cases, val_cases = distributed.shard(train_cases, even=True), distributed.shard(val_cases, even=False)
     deterministic = preprocessing(cfg)
-    # CacheDataset caches the output of the leading deterministic transforms, up to the first random one.
-    train_chain = Compose([*deterministic.transforms, *augmentation(augment).transforms])
-    train_chain.set_random_state(seed)
-    cache = {"cache_rate": cfg.cache_rate, "num_workers": cfg.cache_workers, "progress": sys.stderr.isatty()}
-    train_ds = CacheDataset(train_cases, train_chain, **cache)
-    val_ds = CacheDataset(val_cases, deterministic, **cache)
-    train_loader = DataLoader(
-        train_ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers, drop_last=False
-    )
-    val_loader = DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=cfg.num_workers)
-    log.info("fold %s: %d training / %d validation cases from %s", cfg.fold, len(train_ds), len(val_ds), task_dir)
+    random_chain = augmentation(augment)
+    # The cache holds the output of the leading deterministic transforms, up to the first random one.
+    train_chain = Compose([*deterministic.transforms, *random_chain.transforms])
+    train_chain.set_random_state(seed + distributed.rank())
+    train_folder = val_folder = None
+    if cfg.cache == "memory":
+        copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        caching.check_memory_cache_fits([*train_cases, *val_cases], cfg, copies=copies)
+    elif cfg.cache == "disk":  # the chains differ (crop indices for training), so do their folders
+        train_folder = caching.disk_cache_dir(cfg, cached_augment_entries(augment, random_chain))
+        val_folder = caching.disk_cache_dir(cfg, {})
+        log.info("disk cache: %s (training), %s (validation)", train_folder, val_folder)
+    train_ds = caching.cached_dataset(train_cases, train_chain, cfg, train_folder)
+    val_ds = caching.cached_dataset(val_cases, deterministic, cfg, val_folder)
+    loader = instantiate(cfg.loader)
+    train_loader = loader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=False)
+    val_loader = loader(val_ds, batch_size=1, shuffle=False)
+    log.info("fold %s: %d training / %d validation cases from %s (cache=%s)", cfg.fold, len(train_ds), len(val_ds),
+             task_dir, cfg.cache)
     return SegmentationData(train_loader, val_loader, data.label_names, split, task_dir, instantiate(cfg.target))

@@ -1,0 +1,176 @@
+"""Where the deterministic preprocessing output lives: RAM, disk, or nowhere (``dataset.cache``).
+
+``memory``: MONAI ``CacheDataset`` (fastest; ``cache_rate`` caches a fraction). Before filling it,
+the cache size is estimated from the image headers and refused with a one-line error when it
+would not fit in the memory this process may use.
+``disk``: MONAI ``PersistentDataset`` under ``<cache_dir>/<dataset>/<key>/``, where the key hashes
+every setting that changes the cached arrays, so a config change never reads a stale cache.
+``none``: plain ``Dataset``; every step re-reads and re-preprocesses (low memory, slow).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import monai
+import nibabel as nib
+import numpy as np
+import psutil
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.transforms import Compose
+from omegaconf import DictConfig, OmegaConf
+
+from medseg.errors import MedsegError
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when medseg changes what it stores in a disk cache
+# Settings of the ``dataset`` config that shape the cached arrays; the rest (batch size, fold,
+# workers, ...) only changes how the cache is used.
+PREPROCESSING_KEYS = ("spacing", "intensity", "label_transform", "crop_foreground", "in_channels", "num_classes")
+
+
+def available_memory(device: str = "cpu") -> int:
+    """Bytes this process may still allocate: free RAM, or less under a cgroup limit (containers,
+    SLURM); free GPU memory for a ``cuda`` device."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    available = psutil.virtual_memory().available
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            if limit != "max" and int(limit) < 1 << 60:
+                available = min(available, int(limit) - int(Path(usage_file).read_text()))
+            break
+        except (OSError, ValueError):
+            continue
+    return max(int(available), 0)
+
+
+def _first_file(entry: str | Sequence[str]) -> str:
+    return entry if isinstance(entry, str) else entry[0]
+
+
+def estimate_case_bytes(case: dict[str, Any], spacing: Sequence[float], in_channels: int) -> int:
+    """Upper bound of one cached case: float32 image channels + float32 label at the target spacing.
+
+    Read from the NIfTI header only (no voxel data). The foreground crop usually shrinks the
+    volume, so the real cache is smaller; per-class crop indices are capped
+    (``max_samples_per_class``) and negligible next to the arrays.
+    """
+    header = nib.load(_first_file(case["image"])).header
+    shape, zooms = np.array(header.get_data_shape()[:3], float), np.array(header.get_zooms()[:3], float)
+    voxels = float(np.prod(np.ceil(shape * zooms / np.asarray(spacing, float))))
+    channels = in_channels if isinstance(case["image"], str) or len(case["image"]) == 1 else len(case["image"])
+    channels = max(channels, in_channels)
+    return int(voxels * 4 * (channels + ("label" in case)))
+
+
+def check_memory_cache_fits(cases: Sequence[dict[str, Any]], cfg: DictConfig, copies: int = 1) -> int:
+    """Estimates the in-memory cache and refuses it when it would not fit.
+
+    Args:
+        cases: every case this process caches (training and validation).
+        cfg: the ``dataset`` config (``spacing``, ``in_channels``, ``cache_rate``).
+        copies: processes on this machine caching a shard of the same size (DDP ranks per node).
+
+    Returns:
+        The estimate in bytes.
+
+    Raises:
+        MedsegError: the estimate exceeds the available memory; names ``dataset.cache=disk``.
+    """
+    if not cases:
+        return 0
+    try:
+        per_case = [estimate_case_bytes(c, cfg.spacing, cfg.in_channels) for c in cases]
+    except Exception as err:  # non-NIfTI or unreadable header: MONAI will report the file itself
+        log.warning("cache size not estimated (%s: %s)", type(err).__name__, err)
+        return 0
+    needed = int(sum(per_case) * float(cfg.cache_rate) * copies)
+    device = str(cfg.get("cache_device") or "cpu")
+    available = available_memory(device)
+    gib = 1 << 30
+    log.info("in-memory cache estimate: %.2f GiB for %d cases (%.1f GiB available)", needed / gib, len(cases), available / gib)
+    if needed > 0.9 * available:
+        fit = max(0.0, 0.9 * available / needed * float(cfg.cache_rate))
+        raise MedsegError(
+            f"caching {len(cases)} cases of {cfg.name} in memory needs ~{needed / gib:.1f} GiB but only "
+            f"{available / gib:.1f} GiB is available{'' if device == 'cpu' else ' on ' + device}: use dataset.cache=disk (or dataset.cache_rate={fit:.2f}, "
+            "or dataset.cache=none)"
+        )
+    return needed
+
+
+def cache_key(dataset_cfg: DictConfig, cached_augment: dict[str, Any]) -> str:
+    """Hash of everything that shapes the cached arrays: preprocessing settings, the cached leading
+    augment entries, MONAI's version and medseg's cache format."""
+    settings = {
+        "dataset": {k: OmegaConf.to_container(dataset_cfg, resolve=True).get(k) for k in PREPROCESSING_KEYS},
+        "augment": cached_augment,
+        "monai": monai.__version__,
+        "format": CACHE_FORMAT,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def hash_case(case: dict[str, Any]) -> bytes:
+    """PersistentDataset item key: the file paths plus each file's size and modification time, so a
+    re-downloaded or edited file is preprocessed again."""
+    files = [f for v in case.values() for f in ([v] if isinstance(v, str) else v) if isinstance(f, str)]
+    stats = [[os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files if os.path.isfile(f)]
+    return hashlib.md5(json.dumps([case, stats], sort_keys=True, default=str).encode()).hexdigest().encode()
+
+
+def disk_cache_dir(dataset_cfg: DictConfig, cached_augment: dict[str, Any]) -> Path:
+    """``<cache_dir>/<dataset name>/<key>/``, with the settings behind the key in ``settings.json``."""
+    key = cache_key(dataset_cfg, cached_augment)
+    folder = Path(dataset_cfg.cache_dir) / str(dataset_cfg.name) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = folder / "settings.json"
+    if not settings.exists():
+        tmp = folder / f".settings.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"dataset": {k: OmegaConf.to_container(dataset_cfg, resolve=True).get(k)
+                                                for k in PREPROCESSING_KEYS}, "augment": cached_augment,
+                                   "monai": monai.__version__}, indent=2, default=str))
+        os.replace(tmp, settings)
+    return folder
+
+
+def _memory(cases, transform, cfg, folder):
+    return CacheDataset(cases, transform, cache_rate=cfg.cache_rate, num_workers=cfg.cache_workers,
+                        progress=sys.stderr.isatty())
+
+
+def _disk(cases, transform, cfg, folder):
+    return PersistentDataset(cases, transform, cache_dir=folder, hash_func=hash_case)
+
+
+def _none(cases, transform, cfg, folder):
+    return Dataset(cases, transform)
+
+
+CACHE_MODES: dict[str, Callable[..., Dataset]] = {"memory": _memory, "disk": _disk, "none": _none}
+
+
+def cached_dataset(cases: Sequence[dict[str, Any]], transform: Compose, cfg: DictConfig, folder: Path | None) -> Dataset:
+    """The dataset for ``cfg.cache`` (``memory``, ``disk`` or ``none``); ``folder`` is the disk cache."""
+    return CACHE_MODES[cfg.cache](list(cases), transform, cfg, folder)
+
+
+def check_cache_mode(cfg: DictConfig) -> None:
+    if cfg.cache not in CACHE_MODES:
+        raise MedsegError(f"dataset.cache={cfg.cache} is not one of {', '.join(CACHE_MODES)}")
+    if str(cfg.get("cache_device") or "cpu") != "cpu" and (cfg.cache != "memory" or cfg.num_workers):
+        raise MedsegError(f"dataset.cache_device={cfg.cache_device} needs dataset.cache=memory and dataset.num_workers=0 "
+                          "(loader workers cannot share GPU tensors); add dataset.loader._target_=monai.data.ThreadDataLoader")

@@ -1,0 +1,111 @@
+"""dataset.cache=memory|disk|none: same samples, cache keyed by the preprocessing settings, and an
+in-memory cache that would not fit refused up front with a one-line error."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from monai.data import CacheDataset, Dataset, PersistentDataset
+
+from medseg.data import caching
+from medseg.data.loaders import build_segmentation_data
+from medseg.errors import MedsegError
+from tests.conftest import ROOT, TINY
+
+
+def _build(tiny_cfg, *overrides):
+    cfg = tiny_cfg(*overrides)
+    return cfg, build_segmentation_data(cfg.dataset, cfg.augment, seed=cfg.seed)
+
+
+def _val_item(data) -> dict:
+    return data.val_loader.dataset[0]
+
+
+def test_every_cache_mode_gives_the_same_preprocessed_case(tiny_cfg, tmp_path):
+    _, memory = _build(tiny_cfg, "dataset.cache=memory")
+    _, disk = _build(tiny_cfg, "dataset.cache=disk", f"paths.cache_dir={tmp_path}/cache")
+    _, none = _build(tiny_cfg, "dataset.cache=none")
+    assert isinstance(memory.val_loader.dataset, CacheDataset)
+    assert isinstance(disk.val_loader.dataset, PersistentDataset)
+    assert type(none.val_loader.dataset) is Dataset
+    reference = _val_item(memory)
+    for other in (disk, none):
+        item = _val_item(other)
+        for key in ("image", "label"):
+            assert torch.equal(torch.as_tensor(item[key]), torch.as_tensor(reference[key]))
+    batch = next(iter(disk.train_loader))  # training reads cached per-class indices and crops patches
+    assert batch["image"].shape[-3:] == (32, 32, 32)
+
+
+def test_disk_cache_folder_is_keyed_by_preprocessing_settings(tiny_cfg, tmp_path):
+    tiny_cfg = functools.partial(tiny_cfg, f"paths.cache_dir={tmp_path}/cache")
+    cfg, data = _build(tiny_cfg, "dataset.cache=disk")
+    data.train_loader.dataset[0], data.val_loader.dataset[0]  # PersistentDataset fills on first read
+    root = caching.Path(cfg.dataset.cache_dir) / "synthetic"
+    folders = {p.name for p in root.iterdir()}
+    assert len(folders) == 2  # training chain (with crop indices) and validation chain
+    files_before = {p: p.stat().st_mtime_ns for p in root.rglob("*.pt")}
+    assert files_before
+    _build(tiny_cfg, "dataset.cache=disk", "dataset.batch_size=2", "dataset.fold=0")  # same preprocessing
+    assert {p.name for p in root.iterdir()} == folders
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.pt")} == files_before  # reused, not rewritten
+    _build(tiny_cfg, "dataset.cache=disk", "dataset.spacing=[5.0,5.0,5.0]")
+    assert len({p.name for p in root.iterdir()} - folders) == 2  # new settings: new folders, old ones untouched
+    for folder in root.iterdir():
+        settings = json.loads((folder / "settings.json").read_text())
+        assert settings["dataset"]["spacing"] in ([4.0, 4.0, 4.0], [5.0, 5.0, 5.0])
+
+
+def test_disk_cache_item_key_follows_the_file_contents(synthetic_data_dir, tmp_path):
+    image = tmp_path / "case.nii.gz"
+    image.write_bytes((synthetic_data_dir / "Task99_Synthetic" / "imagesTr" / "synthetic_000.nii.gz").read_bytes())
+    case = {"image": str(image), "label": str(image)}
+    before = caching.hash_case(case)
+    assert caching.hash_case(dict(case)) == before
+    os.utime(image, ns=(0, 0))  # a re-downloaded or edited file
+    assert caching.hash_case(case) != before
+
+
+def test_memory_estimate_bounds_the_cached_case(tiny_cfg):
+    cfg, data = _build(tiny_cfg, "dataset.crop_foreground=false")
+    case = data.val_loader.dataset.data[0]
+    estimate = caching.estimate_case_bytes(case, cfg.dataset.spacing, cfg.dataset.in_channels)
+    item = _val_item(data)
+    actual = sum(torch.as_tensor(item[k]).numel() * 4 for k in ("image", "label"))
+    assert actual <= estimate <= 1.15 * actual
+
+
+def test_memory_cache_that_cannot_fit_is_refused_before_caching(tiny_cfg):
+    cfg = tiny_cfg("dataset.spacing=[0.05,0.05,0.05]")  # ~10^10 voxels per case: far beyond any RAM
+    with pytest.raises(MedsegError, match=r"needs ~\d+\.\d GiB but only .* available: use dataset.cache=disk"):
+        build_segmentation_data(cfg.dataset, cfg.augment, seed=0)
+
+
+def test_memory_cache_refusal_is_one_line_and_exit_2(synthetic_data_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "medseg.train", f"paths.data_dir={synthetic_data_dir}", *TINY,
+                           "dataset.spacing=[0.05,0.05,0.05]", f"hydra.run.dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "dataset.cache=disk" in errors[0] and "Traceback" not in proc.stderr
+
+
+def test_unknown_cache_mode_is_named(tiny_cfg):
+    cfg = tiny_cfg("dataset.cache=ram")
+    with pytest.raises(MedsegError, match="dataset.cache=ram is not one of memory, disk, none"):
+        build_segmentation_data(cfg.dataset, cfg.augment, seed=0)
+
+
+def test_available_memory_is_positive_and_at_most_total_ram():
+    import psutil
+
+    assert 0 < caching.available_memory() <= psutil.virtual_memory().total
+    assert np.isfinite(caching.available_memory())
