@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from monai.data import DataLoader
+from monai.data import DataLoader, Dataset
 from omegaconf import DictConfig
 
 from medseg.data.loaders import build_segmentation_data
 from medseg.data.medmnist import medmnist_dataset, npz_path
 from medseg.data.transforms import augmentation
+from medseg.engine import distributed
 from medseg.engine.validators import ClassificationValidator, SegmentationValidator
 
 
@@ -58,10 +59,13 @@ class ClassificationTask:
         path = npz_path(cfg.paths.data_dir, self.flag, self.size)
         multilabel = self.task_type.startswith("multi-label")
         train = medmnist_dataset(path, "train", multilabel, augmentation(cfg.get("augment")))
+        # torchrun: each rank trains on its shard; every rank scores the (small) full val/test splits
+        n_train = len(train)
+        train = Dataset(distributed.shard(list(train.data), even=True), train.transform)
         val, test = (medmnist_dataset(path, s, multilabel) for s in ("val", "test"))
         d = cfg.dataset
         loader = lambda ds, shuffle: DataLoader(ds, batch_size=d.batch_size, shuffle=shuffle, num_workers=d.num_workers)
         names = {int(k): v for k, v in INFO[self.flag]["label"].items()}
-        split = {"train": len(train), "val": len(val), "test": len(test), "file": str(path)}
+        split = {"train": n_train, "val": len(val), "test": len(test), "file": str(path)}
         return TaskData(loader(train, True), loader(val, False), loader(test, False), names, split, path,
                         ClassificationValidator(self.task_type))

@@ -14,10 +14,11 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from medseg.engine.trainer import Trainer
 from medseg import CONF_DIR
+from medseg.engine import distributed
+from medseg.engine.trainer import Trainer
 from medseg.errors import exit_on_user_error
-from medseg.utils import seed_everything, select_device
+from medseg.utils import seed_everything
 
 log = logging.getLogger("medseg.train")
 
@@ -25,16 +26,20 @@ log = logging.getLogger("medseg.train")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Trains and validates as configured; writes the run folder ``cfg.paths.output_dir``.
 
+    Under ``torchrun`` every process calls this; they share the run folder, rank 0 writes it, and
+    all return the same (gathered) validation results.
+
     Returns:
         ``{"best": {"epoch", "metrics"}, "last": {...}, "epochs", "train_minutes"}``.
     """
-    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    device = distributed.setup(cfg.trainer.device)
+    seed_everything(cfg.seed, cfg.trainer.deterministic)  # same seed on all ranks: same initial weights
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = select_device(cfg.trainer.device)
 
     data = instantiate(cfg.dataset.task).build(cfg)
-    (run_dir / "split.json").write_text(json.dumps({"fold": cfg.dataset.get("fold"), **data.split}, indent=2))
+    if distributed.is_main():
+        (run_dir / "split.json").write_text(json.dumps({"fold": cfg.dataset.get("fold"), **data.split}, indent=2))
 
     model = instantiate(cfg.model)
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
@@ -52,13 +57,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if cfg.trainer.resume:
         trainer.resume(str(cfg.trainer.resume))
-    log.info("training %s on %s (%s), run folder %s", type(model).__name__, data.source.name, device, run_dir)
+    log.info("training %s on %s (%s x %d), run folder %s", type(model).__name__, data.source.name, device,
+             distributed.world_size(), run_dir)
     result = trainer.fit()
     result["summary"] = f"{data.validator.describe(result['best']['metrics'])} (best, epoch {result['best']['epoch']})"
     if "test" in result:
         result["summary"] += "\ntest " + ", ".join(f"{k.upper()} {v:.4f}" for k, v in result["test"]["metrics"].items())
+    result["world_size"] = distributed.world_size()
     log.info("%s; run folder: %s", result["summary"], run_dir)
-    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    if distributed.is_main():
+        (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -70,10 +78,16 @@ def metric_value(result: dict[str, Any], name: str) -> float:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    finally:
+        distributed.cleanup()
     value = metric_value(result, cfg.optimized_metric)
-    print(result["summary"])
-    print(f"run folder: {cfg.paths.output_dir}")
+    if result["world_size"] > 1:  # every rank reports: the gathered metrics must agree
+        print(f"[rank {distributed.rank_from_env()}/{result['world_size']}] best {json.dumps(result['best'])}")
+    if distributed.rank_from_env() == 0:
+        print(result["summary"])
+        print(f"run folder: {cfg.paths.output_dir}")
     return value
 
 

@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from medseg.engine import distributed
 from medseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from medseg.inference.sliding_window import autocast_context
 from medseg.utils import channels_last
@@ -30,8 +32,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class _NoWriter:
+    """Stands in for TensorBoard's writer on ranks other than 0."""
+
+    def add_scalar(self, *args, **kwargs) -> None: ...
+    def add_image(self, *args, **kwargs) -> None: ...
+    def close(self) -> None: ...
+
+
 class Trainer:
     """Runs ``cfg.max_epochs`` epochs (or until ``cfg.max_minutes``), validating every ``cfg.val_every``.
+
+    Under torchrun the network is wrapped in DistributedDataParallel; every rank takes the same
+    decisions (validation metrics are gathered, the time budget follows rank 0's clock) and only
+    rank 0 writes checkpoints and TensorBoard logs.
 
     Args:
         cfg: the ``trainer`` config.
@@ -55,8 +69,14 @@ class Trainer:
         device: torch.device,
     ):
         self.cfg = cfg
-        self.model = model.to(device)
-        self.memory_format = channels_last(self.model) if cfg.get("channels_last") else None
+        self.net = model.to(device)  # the bare network: checkpoints, validation
+        self.memory_format = channels_last(self.net) if cfg.get("channels_last") else None
+        self.model = self.net  # what the training step calls: DDP-wrapped under torchrun
+        if distributed.world_size() > 1:
+            # 1x1x1 kernels have ambiguous channels-last strides; DDP's stride warning about them is harmless
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[device.index] if device.type == "cuda" else None)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -78,7 +98,7 @@ class Trainer:
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
+            "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
@@ -93,7 +113,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -128,7 +148,7 @@ class Trainer:
     def _train_steps(self, deadline: float | None) -> tuple[float, bool]:
         total, count, out_of_time = 0.0, 0, False
         bar = tqdm(self.data.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.max_epochs}", leave=False,
-                   disable=not sys.stderr.isatty(), dynamic_ncols=True)
+                   disable=not (sys.stderr.isatty() and distributed.is_main()), dynamic_ncols=True)
         for batch in bar:
             image = batch["image"].to(self.device, non_blocking=True)
             if self.memory_format is not None and image.dim() in (4, 5):
@@ -148,21 +168,21 @@ class Trainer:
             count += 1
             self.global_step += 1
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and distributed.any_rank(time.monotonic() > deadline):
                 out_of_time = True
                 break
             if self.cfg.steps_per_epoch and count >= self.cfg.steps_per_epoch:
                 break
-        return total / max(count, 1), out_of_time
+        return distributed.mean_over_ranks(total / max(count, 1)), out_of_time
 
     def validate(self) -> tuple[dict[str, float], Any]:
         """The task's validation metrics on the validation split, and a picture when the task has one."""
-        return self.validator(self.model, self.data.val_loader, self.device, self.amp)
+        return self.validator(self.net, self.data.val_loader, self.device, self.amp)
 
     # -- loop --------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Trains to the end (or budget) and returns ``{"best": ..., "last": ...}`` validation results."""
-        writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard")) if distributed.is_main() else _NoWriter()
         budget = self.cfg.max_minutes * 60 if self.cfg.max_minutes is not None else math.inf
         session_start, session_elapsed0 = time.monotonic(), self.elapsed
         deadline = None if math.isinf(budget) else session_start + max(budget - self.elapsed, 0.0)
@@ -172,7 +192,7 @@ class Trainer:
             mean_loss, out_of_time = self.train_epoch(deadline)
             self.epoch += 1
             lr = self.optimizer.param_groups[0]["lr"]
-            self.elapsed = session_elapsed0 + time.monotonic() - session_start
+            self.elapsed = distributed.from_main(session_elapsed0 + time.monotonic() - session_start)
             self._advance_schedule(budget)
             writer.add_scalar("train/loss", mean_loss, self.epoch)
             writer.add_scalar("train/lr", lr, self.epoch)
@@ -182,10 +202,10 @@ class Trainer:
                 log.info("time budget of %s min reached: validating and stopping", self.cfg.max_minutes)
             if out_of_time or self.epoch % self.cfg.val_every == 0 or self.epoch == self.cfg.max_epochs:
                 self._validate_and_record(writer)
-            save_checkpoint(self.state_dict(), self.ckpt_dir / "last.pt")
+            self._save("last.pt")
         if self.last["epoch"] != self.epoch:  # e.g. resumed a finished run: still report fresh numbers
             self._validate_and_record(writer)
-            save_checkpoint(self.state_dict(), self.ckpt_dir / "last.pt")
+            self._save("last.pt")
         result = {"best": self.best, "last": self.last, "epochs": self.epoch, "train_minutes": self.elapsed / 60}
         if self.data.test_loader is not None:
             result["test"] = self.test(writer)
@@ -195,8 +215,8 @@ class Trainer:
     def test(self, writer: SummaryWriter) -> dict[str, float]:
         """Scores the best-validation weights on the labelled test split (scores saved as test_scores.npy)."""
         best = load_checkpoint(self.ckpt_dir / "best.pt", map_location=self.device)
-        self.model.load_state_dict(best["model"])
-        metrics, _ = self.validator(self.model, self.data.test_loader, self.device, self.amp,
+        self.net.load_state_dict(best["model"])
+        metrics, _ = self.validator(self.net, self.data.test_loader, self.device, self.amp,
                                     save_scores=str(self.run_dir / "test_scores.npy"))
         for name, value in metrics.items():
             writer.add_scalar(f"test/{name}", value, best["epoch"])
@@ -235,4 +255,10 @@ class Trainer:
         log.info("validation at epoch %d: %s%s", self.epoch,
                  "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), "  (best)" if improved else "")
         if improved:
-            save_checkpoint(self.state_dict(), self.ckpt_dir / "best.pt")
+            self._save("best.pt")
+
+    def _save(self, name: str) -> None:
+        """Rank 0 writes the checkpoint; the others wait, so a following read sees it."""
+        if distributed.is_main():
+            save_checkpoint(self.state_dict(), self.ckpt_dir / name)
+        distributed.barrier()

@@ -14,6 +14,7 @@ import torch
 from monai.inferers import Inferer
 from torch.utils.data import DataLoader
 
+from medseg.engine import distributed
 from medseg.engine.visualize import overlay_slices
 from medseg.inference.sliding_window import autocast_context, predict_probabilities
 from medseg.metrics.dice import PerClassDice
@@ -87,7 +88,7 @@ class ClassificationValidator:
         from medmnist.evaluator import getACC, getAUC
 
         y_true, y_score = self.scores(model, loader, device, amp)
-        if save_scores:
+        if save_scores and distributed.is_main():
             np.save(save_scores, y_score)
         return {"auc": float(getAUC(y_true, y_score, self.task_type)), "acc": float(getACC(y_true, y_score, self.task_type))}, None
 

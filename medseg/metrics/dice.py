@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from monai.metrics import DiceMetric
 
+from medseg.engine import distributed
+
 
 class PerClassDice:
     """Accumulates Dice per scored channel over cases.
@@ -27,9 +29,16 @@ class PerClassDice:
         self.metric(pred_onehot, ref_onehot.to(pred_onehot.device))
 
     def compute(self) -> dict[str, float]:
-        """``{name: dice, ..., "mean_dice": mean over classes}``; resets the accumulator."""
-        per_class = self.metric.aggregate().cpu()
+        """``{name: dice, ..., "mean_dice": mean over classes}``; resets the accumulator.
+
+        Under torchrun each rank scored its own validation cases: the per-case scores of all ranks
+        are gathered first, so every rank reports the same numbers.
+        """
+        buffer = self.metric.get_buffer()
         self.metric.reset()
+        local = buffer.cpu() if buffer is not None else torch.empty(0, len(self.names))
+        per_case = torch.cat([b.reshape(-1, len(self.names)) for b in distributed.all_gather(local)])
+        per_class = per_case.nanmean(dim=0) if len(per_case) else torch.full((len(self.names),), float("nan"))
         result = {name: float(v) for name, v in zip(self.names, per_class.tolist())}
         result["mean_dice"] = float(per_class.nanmean())
         return result
