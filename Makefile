@@ -13,9 +13,12 @@ REF ?=
 DATASET ?= msd
 TASK ?=
 DATA ?= data
+FOLDS ?= 0,1,2,3,4
+CV_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
+CV_DIR ?= outputs/cv/$(CV_STAMP)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test train download predict evaluate bench clean
+.PHONY: help install demo test train cv download predict evaluate bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +36,10 @@ demo: install ## train on the embedded synthetic task (generated on first use) a
 
 train: install ## python -m medseg.train with ARGS="dataset=... model=..."
 	$(PY) -m medseg.train $(ARGS)
+
+cv: install ## cross-validate: make cv ARGS="dataset=msd/spleen" [FOLDS=0,1,2,3,4]; table in CV_DIR/cv_summary.md
+	$(PY) -m medseg.train -m dataset.fold=$(FOLDS) hydra.sweep.dir=$(CV_DIR) $(ARGS)
+	$(PY) -m medseg.cv_summary $(CV_DIR)
 
 test: install ## run the test suite (slow end-to-end tests included)
 	$(PY) -m pytest -q $(ARGS)

@@ -14,7 +14,11 @@ class MedsegError(Exception):
 
 
 def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
-    """Turns a :class:`MedsegError` raised by an entry point into ``error: ...`` and exit code 2."""
+    """Turns a :class:`MedsegError` raised by an entry point into ``error: ...`` and exit code 2.
+
+    In a Hydra multirun (sweeps) the error is printed and re-raised instead, so the sweeper marks
+    that one job failed and goes on with the others.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -22,6 +26,15 @@ def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
         except MedsegError as err:
             print(f"error: {err}", file=sys.stderr)
+            if _in_multirun():
+                raise
             sys.exit(2)
 
     return wrapper
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

@@ -1,0 +1,112 @@
+"""Cross-validation table from the run folders of a fold sweep.
+
+    python -m medseg.train -m dataset=msd/spleen dataset.fold=0,1,2,3,4 hydra.sweep.dir=outputs/cv/spleen
+    python -m medseg.cv_summary outputs/cv/spleen
+
+Reads every ``metrics.json`` (best validation of each run) and ``split.json`` (its fold) below the
+given folders, groups runs by the command-line overrides that differ between them, fold aside (so
+a sweep over models x folds gives one row per model), and writes ``cv_summary.csv`` and ``cv_summary.md``
+(mean ± sample standard deviation over folds, per class) into the first folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from medseg.errors import MedsegError, exit_on_user_error
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    """The run's command-line overrides without the fold and Hydra's own keys."""
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
+    return [o for o in overrides if not o.split("=")[0].lstrip("+~").startswith(("dataset.fold", "hydra."))]
+
+
+def collect_runs(folders: list[Path]) -> list[dict[str, Any]]:
+    """One record per finished run below ``folders``: setting, fold, best-validation metrics, folder."""
+    runs = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise MedsegError(f"{folder} is not a folder; pass the sweep folder (hydra.sweep.dir) of a fold sweep")
+        for metrics_file in sorted(folder.rglob("metrics.json")):
+            run_dir = metrics_file.parent
+            split_file = run_dir / "split.json"
+            try:
+                best = json.loads(metrics_file.read_text())["best"]
+                fold = json.loads(split_file.read_text()).get("fold") if split_file.is_file() else None
+            except (json.JSONDecodeError, KeyError) as err:
+                raise MedsegError(f"{metrics_file} is not a medseg metrics file ({err}); delete it or rerun that fold") from err
+            runs.append({"overrides": _overrides(run_dir), "fold": fold, "metrics": best["metrics"], "run": str(run_dir)})
+    if not runs:
+        raise MedsegError(f"no metrics.json below {', '.join(map(str, folders))}: have the fold runs finished?")
+    return runs
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per setting: folds, and mean/std of every metric over its folds.
+
+    Raises:
+        MedsegError: two runs of one setting claim the same fold (two sweeps mixed in one folder).
+    """
+    common = set.intersection(*(set(r["overrides"]) for r in runs))
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:  # a group's setting: the overrides that tell it apart from the other groups
+        groups[" ".join(o for o in run["overrides"] if o not in common) or "all runs"].append(run)
+    table = []
+    for setting, members in groups.items():
+        folds = [m["fold"] for m in members]
+        duplicated = sorted({f for f in folds if folds.count(f) > 1}, key=str)
+        if duplicated:
+            clash = [m["run"] for m in members if m["fold"] == duplicated[0]]
+            raise MedsegError(f"fold {duplicated[0]} appears twice for '{setting}': {clash[0]} and {clash[1]}; summarise one sweep at a time")
+        names = list(members[0]["metrics"])
+        values = {n: np.array([m["metrics"].get(n, np.nan) for m in members], dtype=float) for n in names}
+        row: dict[str, Any] = {"setting": setting, "folds": sorted(folds, key=str)}
+        for name, v in values.items():
+            row[name] = (float(np.nanmean(v)), float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else float("nan"))
+        table.append(row)
+    return table
+
+
+def to_markdown(table: list[dict[str, Any]]) -> str:
+    metrics = [k for k in table[0] if k not in ("setting", "folds")]
+    lines = ["| setting | folds | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
+    for row in table:
+        cells = [f"{row[m][0]:.4f} ± {row[m][1]:.4f}" for m in metrics]
+        lines.append(f"| {row['setting']} | {','.join(map(str, row['folds']))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(table: list[dict[str, Any]], folder: Path) -> None:
+    metrics = [k for k in table[0] if k not in ("setting", "folds")]
+    with open(folder / "cv_summary.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", "folds", *(f"{m}_{s}" for m in metrics for s in ("mean", "std"))])
+        for row in table:
+            w.writerow([row["setting"], " ".join(map(str, row["folds"])), *(x for m in metrics for x in row[m])])
+    (folder / "cv_summary.md").write_text(to_markdown(table))
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="sweep folder(s) holding the fold runs")
+    args = parser.parse_args(argv)
+    table = summarize(collect_runs(args.folders))
+    write(table, args.folders[0])
+    sys.stdout.write(to_markdown(table))
+    print(f"written: {args.folders[0] / 'cv_summary.csv'}, {args.folders[0] / 'cv_summary.md'}")
+
+
+if __name__ == "__main__":
+    main()
