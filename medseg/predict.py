@@ -35,6 +35,18 @@ def _writable(folder: Path) -> None:
         raise MedsegError(f"output folder {folder} is not writable ({err.strerror}); choose another output=") from err
 
 
+def expand_checkpoints(entries: list[str]) -> list[str]:
+    """Checkpoint files; a folder stands for every ``checkpoints/best.pt`` below it (a run folder,
+    or a cross-validation sweep folder: the fold ensemble)."""
+    ckpts = []
+    for entry in map(Path, entries):
+        found = sorted(entry.rglob("checkpoints/best.pt")) if entry.is_dir() else [entry]
+        if not found:
+            raise MedsegError(f"no checkpoints/best.pt below {entry}; point ckpt= to a run or sweep folder, or a .pt file")
+        ckpts += [str(f) for f in found]
+    return ckpts
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predicts every case under ``cfg.input``.
 
@@ -43,7 +55,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """
     output = Path(cfg.output)
     _writable(output)
-    ckpts = [cfg.ckpt] if isinstance(cfg.ckpt, str) else list(cfg.ckpt)
+    ckpts = expand_checkpoints([cfg.ckpt] if isinstance(cfg.ckpt, str) else list(cfg.ckpt))
+    log.info("%d checkpoint(s): %s", len(ckpts), ", ".join(ckpts))
     predictor = Predictor(
         ckpts, select_device(cfg.device), OmegaConf.to_container(cfg.inferer), amp=cfg.amp,
         mirror_axes=None if cfg.tta else (), largest_component=cfg.largest_component,

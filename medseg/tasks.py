@@ -30,6 +30,7 @@ class TaskData:
     split: dict[str, Any]
     source: Path
     validator: Any
+    meta_free_training: bool = False  # training batches need no MetaTensor metadata (see the trainer)
 
 
 class SegmentationTask:
@@ -38,7 +39,8 @@ class SegmentationTask:
     def build(self, cfg: DictConfig) -> TaskData:
         data = build_segmentation_data(cfg.dataset, cfg.get("augment"), seed=cfg.seed)
         validator = SegmentationValidator(instantiate(cfg.inferer), data.target, data.label_names)
-        return TaskData(data.train_loader, data.val_loader, None, data.label_names, data.split, data.task_dir, validator)
+        return TaskData(data.train_loader, data.val_loader, None, data.label_names, data.split, data.task_dir, validator,
+                        meta_free_training=data.meta_free_training)
 
 
 class ClassificationTask:
@@ -68,4 +70,4 @@ class ClassificationTask:
         names = {int(k): v for k, v in INFO[self.flag]["label"].items()}
         split = {"train": n_train, "val": len(val), "test": len(test), "file": str(path)}
         return TaskData(loader(train, True), loader(val, False), loader(test, False), names, split, path,
-                        ClassificationValidator(self.task_type))
+                        ClassificationValidator(self.task_type), meta_free_training=True)

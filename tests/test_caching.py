@@ -109,3 +109,27 @@ def test_available_memory_is_positive_and_at_most_total_ram():
 
     assert 0 < caching.available_memory() <= psutil.virtual_memory().total
     assert np.isfinite(caching.available_memory())
+
+
+@pytest.mark.parametrize("mode", ["disk", "none", "memory-partial"])
+def test_training_from_uncached_or_disk_cached_cases_keeps_their_geometry(tiny_cfg, tmp_path, mode):
+    """Cases preprocessed during training (disk cache filling, no cache, cache_rate < 1) still need
+    their affine: resampling without it would read the spacing as 1 mm and blow up the volume."""
+    from medseg.train import train
+
+    from medseg.data.transforms import preprocessing
+    from medseg.train import train
+
+    cache = ["dataset.cache=memory", "dataset.cache_rate=0.5"] if mode == "memory-partial" else [f"dataset.cache={mode}"]
+    cfg = tiny_cfg(*cache, f"paths.cache_dir={tmp_path}/cache", "trainer.steps_per_epoch=4")
+    result = train(cfg)
+    assert result["epochs"] == 1 and result["best"]["metrics"]["mean_dice"] >= 0.0
+    if mode == "disk":  # what training cached has the geometry of preprocessing with metadata on
+        split = json.loads((tmp_path / "run" / "split.json").read_text())
+        root = cfg.dataset.task_dir
+        expected = {tuple(max(n, 32) for n in preprocessing(cfg.dataset)(
+            {"image": f"{root}/imagesTr/{c}.nii.gz", "label": f"{root}/labelsTr/{c}.nii.gz"})["image"].shape[1:])
+            for c in split["train"] + split["val"]}
+        cached = {tuple(torch.load(p, weights_only=False)["image"].shape[1:])
+                  for p in (tmp_path / "cache").rglob("*.pt")}
+        assert cached and cached <= expected, (cached, expected)

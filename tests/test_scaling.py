@@ -137,3 +137,16 @@ def test_run_folder_name_is_shared_by_the_ranks_of_a_job(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")  # several nodes: the rendezvous id they share
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "slurm-1234")
     assert distributed.run_name() == "ddp_slurm-1234"
+
+
+def test_predict_takes_a_sweep_folder_as_the_fold_ensemble(tmp_path):
+    from medseg.predict import expand_checkpoints
+
+    for fold in (1, 0):
+        (tmp_path / f"{fold}_unet3d" / "checkpoints").mkdir(parents=True)
+        (tmp_path / f"{fold}_unet3d" / "checkpoints" / "best.pt").write_bytes(b"")
+    single = tmp_path / "other.pt"
+    assert expand_checkpoints([str(tmp_path), str(single)]) == [
+        str(tmp_path / "0_unet3d" / "checkpoints" / "best.pt"), str(tmp_path / "1_unet3d" / "checkpoints" / "best.pt"), str(single)]
+    with pytest.raises(MedsegError, match="no checkpoints/best.pt below"):
+        expand_checkpoints([str(tmp_path / "0_unet3d" / "checkpoints")])

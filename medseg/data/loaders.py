@@ -32,6 +32,10 @@ class SegmentationData:
     split: dict[str, list[str]]
     task_dir: Path
     target: ClassLabels | Regions
+    # Every training sample comes out of the memory cache already preprocessed, so the random
+    # transforms may run without MetaTensor bookkeeping. Not so for disk/none/partial caches:
+    # loading and resampling there need the affine that the bookkeeping carries.
+    meta_free_training: bool = False
 
 
 def resolve_task_dir(cfg: DictConfig) -> Path:
@@ -131,4 +135,6 @@ def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, seed: i
     val_loader = loader(val_ds, batch_size=1, shuffle=False)
     log.info("fold %s: %d training / %d validation cases from %s (cache=%s)", cfg.fold, len(train_ds), len(val_ds),
              task_dir, cfg.cache)
-    return SegmentationData(train_loader, val_loader, data.label_names, split, task_dir, instantiate(cfg.target))
+    fully_cached = cfg.cache == "memory" and float(cfg.cache_rate) >= 1.0
+    return SegmentationData(train_loader, val_loader, data.label_names, split, task_dir, instantiate(cfg.target),
+                            meta_free_training=fully_cached)

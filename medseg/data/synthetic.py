@@ -31,11 +31,13 @@ def _ellipsoid(grid: tuple[np.ndarray, ...], center: np.ndarray, radii: np.ndarr
     return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, center, radii)) <= 1.0
 
 
-def make_case(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_case(seed: int, shape: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Builds one case.
 
     Args:
         seed: case seed; equal seeds give identical cases.
+        shape: fixed voxel grid (X, Y, Z) over the field of view, e.g. 512x512x600 for the
+            large-data benchmark; the spacing follows from it. Default: random spacing like CT.
 
     Returns:
         ``(image, label, affine)``: int16 HU volume (X, Y, Z), uint8 label volume of the same
@@ -44,13 +46,18 @@ def make_case(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     spacing = np.array([rng.uniform(1.4, 1.9), 0.0, rng.uniform(2.5, 4.0)])
     spacing[1] = spacing[0]  # in-plane pixels are square, slices thicker: like real CT
-    shape = np.round(FIELD_OF_VIEW_MM * rng.uniform(0.92, 1.08, 3) / spacing).astype(int)
+    fixed_grid = shape is not None
+    if not fixed_grid:
+        shape = np.round(FIELD_OF_VIEW_MM * rng.uniform(0.92, 1.08, 3) / spacing).astype(int)
+    else:
+        shape = np.asarray(shape, dtype=int)
+        spacing = large_task_spacing(shape)
     # World coordinates (mm, RAS) of every voxel centre, volume centred on the origin.
     axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)]
     grid = np.meshgrid(*axes, indexing="ij", sparse=True)
     x, y, z = grid
 
-    image = np.full(shape, -1000.0)
+    image = np.full(shape, -1000.0, dtype=np.float64 if not fixed_grid else np.float32)  # float32 halves big cases
     body_radii = np.array([rng.uniform(72, 82), rng.uniform(58, 68)])
     body = ((x / body_radii[0]) ** 2 + (y / body_radii[1]) ** 2) <= 1.0
     inner = ((x / (body_radii[0] - 9)) ** 2 + (y / (body_radii[1] - 9)) ** 2) <= 1.0
@@ -77,12 +84,17 @@ def make_case(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image[liver] = rng.uniform(95, 115)
     image[spleen] = rng.uniform(125, 145)
     image = ndimage.gaussian_filter(image, sigma=0.8)  # partial-volume edges
-    image += rng.normal(0.0, 18.0, shape)  # scanner noise
+    image += rng.normal(0.0, 18.0, shape).astype(image.dtype)  # scanner noise
     image = np.clip(np.round(image), -1024, 3071).astype(np.int16)
 
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = -(shape - 1) / 2 * spacing + rng.uniform(-30, 30, 3)
     return _reorient(image, label, affine, ORIENTATIONS[int(rng.integers(len(ORIENTATIONS)))])
+
+
+def large_task_spacing(shape: tuple[int, int, int] | np.ndarray) -> np.ndarray:
+    """Voxel spacing (mm) of cases generated on a fixed grid: the field of view over the grid."""
+    return FIELD_OF_VIEW_MM / np.asarray(shape, dtype=float)
 
 
 def _reorient(
@@ -106,8 +118,9 @@ def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(img, str(path))
 
 
-def generate_task(output: str | Path, cases: int = 20, test_cases: int = 4, seed: int = 0) -> Path:
-    """Writes ``<output>/Task99_Synthetic`` (imagesTr, labelsTr, imagesTs, dataset.json).
+def generate_task(output: str | Path, cases: int = 20, test_cases: int = 4, seed: int = 0,
+                  shape: tuple[int, int, int] | None = None, task_name: str = TASK_NAME) -> Path:
+    """Writes ``<output>/<task_name>`` (imagesTr, labelsTr, imagesTs, dataset.json).
 
     The folder is written under a temporary name and renamed at the end, so an interrupted
     generation never leaves a task that looks complete.
@@ -116,13 +129,13 @@ def generate_task(output: str | Path, cases: int = 20, test_cases: int = 4, seed
         The task folder.
     """
     output = Path(output)
-    task_dir = output / TASK_NAME
-    tmp_dir = output / f".{TASK_NAME}.partial"
+    task_dir = output / task_name
+    tmp_dir = output / f".{task_name}.partial"
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (tmp_dir / sub).mkdir(parents=True, exist_ok=True)
     training, test = [], []
     for i in range(cases + test_cases):
-        image, label, affine = make_case(seed * 100_003 + i)
+        image, label, affine = make_case(seed * 100_003 + i, shape)
         name = f"synthetic_{i:03d}.nii.gz"
         if i < cases:
             _save(image, affine, tmp_dir / "imagesTr" / name)
@@ -150,11 +163,12 @@ def generate_task(output: str | Path, cases: int = 20, test_cases: int = 4, seed
     return task_dir
 
 
-def ensure_task(output: str | Path, cases: int = 20, test_cases: int = 4, seed: int = 0) -> Path:
+def ensure_task(output: str | Path, cases: int = 20, test_cases: int = 4, seed: int = 0,
+                shape: tuple[int, int, int] | None = None, task_name: str = TASK_NAME) -> Path:
     """Returns the synthetic task folder, generating it on first use."""
-    task_dir = Path(output) / TASK_NAME
+    task_dir = Path(output) / task_name
     if not (task_dir / "dataset.json").is_file():
-        generate_task(output, cases=cases, test_cases=test_cases, seed=seed)
+        generate_task(output, cases=cases, test_cases=test_cases, seed=seed, shape=shape, task_name=task_name)
     return task_dir
 
 

@@ -139,6 +139,8 @@ class Trainer:
     def train_epoch(self, deadline: float | None) -> tuple[float, bool]:
         """One pass over the training loader. Returns mean loss and whether the time budget ran out."""
         self.model.train()
+        if not self.data.meta_free_training:
+            return self._train_steps(deadline)
         set_track_meta(False)  # random patch transforms skip MetaTensor bookkeeping (MONAI fast-training recipe)
         try:
             return self._train_steps(deadline)
