@@ -181,6 +181,32 @@ def test_hand_computed_dice_on_a_tiny_case():
     assert mask_metrics(pred, empty, (1, 1, 1))["dice"] == 0.0
 
 
+def test_validation_dice_on_label_maps_is_hand_computed_per_class_and_over_cases():
+    """Validation scores uint8 label maps (no full-volume one-hot); a class absent from a case's
+    reference and prediction is left out of that class's mean."""
+    import torch
+
+    from medseg.metrics.dice import PerClassDice
+    from medseg.metrics.targets import ClassLabels
+
+    target = ClassLabels()
+    metric = PerClassDice(["liver", "spleen"], num_classes=3)
+    ref = torch.zeros(1, 1, 4, 4, 1)
+    ref[0, 0, 0:2, 0:2] = 1  # liver: 4 voxels; no spleen in this case
+    probs = torch.zeros(1, 3, 4, 4, 1)
+    probs[0, 0] = 1.0
+    probs[0, 1, 0:2, 0:3] = 2.0  # liver predicted on 6 voxels, 4 of them right
+    prediction = target.discretize(probs)
+    assert prediction.dtype == torch.uint8 and prediction.shape == (1, 1, 4, 4, 1)
+    metric.update(prediction, target.reference(ref, 3))
+    ref2 = torch.zeros(1, 1, 4, 4, 1)
+    ref2[0, 0, 3, 3] = 2  # second case: spleen 1 voxel, missed; liver absent everywhere
+    metric.update(torch.zeros(1, 1, 4, 4, 1, dtype=torch.uint8), ref2)
+    result = metric.compute()
+    assert result["liver"] == pytest.approx(2 * 4 / (4 + 6)) and result["spleen"] == 0.0
+    assert result["mean_dice"] == pytest.approx((0.8 + 0.0) / 2)
+
+
 def test_evaluate_agrees_with_monai_and_reports_problems(tmp_path):
     rng = np.random.default_rng(0)
     spacing = (0.8, 0.8, 2.5)

@@ -27,7 +27,7 @@ class SegmentationValidator:
         self.inferer = inferer
         self.target = target
         self.label_names = label_names
-        self.metric = PerClassDice(target.scored_names(label_names), target.include_background)
+        self.metric = PerClassDice(target.scored_names(label_names), len(label_names), target.include_background)
 
     @staticmethod
     def loss_inputs(outputs: torch.Tensor | list[torch.Tensor], target: torch.Tensor):
@@ -43,10 +43,12 @@ class SegmentationValidator:
         for batch in loader:
             probs = predict_probabilities([model], batch["image"], self.inferer, device, self.target.activate, amp)
             label = batch["label"].to(probs.device)
-            self.metric.update(self.target.discretize(probs), self.target.reference(label, probs.shape[1]))
             if picture is None:
                 picture = overlay_slices(batch["image"][0].cpu(), self.target.reference_map(label)[0].cpu(),
                                          self.target.label_map(probs)[0].cpu(), num_classes=len(self.label_names))
+            prediction = self.target.discretize(probs)
+            del probs  # whole-volume probabilities are the largest tensor here (C x float32 per voxel)
+            self.metric.update(prediction, self.target.reference(label, len(self.label_names)))
         return self.metric.compute(), picture
 
     def describe(self, metrics: dict[str, float]) -> str:

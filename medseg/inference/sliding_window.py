@@ -79,4 +79,4 @@ def predict_probabilities(
             probs = activate(predict_logits(model, x, inferer, device, amp))
             probs = torch.flip(probs, dims) if dims else probs
             total = probs if total is None else total + probs
-    return total / (len(models) * len(flips))
+    return total.div_(len(models) * len(flips))  # in place: a whole-volume copy less

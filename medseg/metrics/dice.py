@@ -17,16 +17,21 @@ class PerClassDice:
 
     Args:
         names: names of the scored channels, in order.
+        num_classes: output channels, background included for exclusive classes.
         include_background: score channel 0 too (regions) or not (exclusive classes).
     """
 
-    def __init__(self, names: list[str], include_background: bool = False):
+    def __init__(self, names: list[str], num_classes: int, include_background: bool = False):
         self.names = names
-        self.metric = DiceMetric(include_background=include_background, reduction="mean_batch", ignore_empty=True)
+        self.metric = DiceMetric(include_background=include_background, reduction="mean_batch", ignore_empty=True,
+                                 num_classes=num_classes)
 
-    def update(self, pred_onehot: torch.Tensor, ref_onehot: torch.Tensor) -> None:
-        """Adds a batch of ``(B, C, *spatial)`` binary predictions and references."""
-        self.metric(pred_onehot, ref_onehot.to(pred_onehot.device))
+    def update(self, pred: torch.Tensor, ref: torch.Tensor) -> None:
+        """Adds a batch: ``(B, 1, *spatial)`` class-index maps, or ``(B, C, *spatial)`` binary channels.
+
+        MONAI compares one class at a time on label maps, so no full-volume one-hot is built.
+        """
+        self.metric(pred, ref.to(pred.device))
 
     def compute(self) -> dict[str, float]:
         """``{name: dice, ..., "mean_dice": mean over classes}``; resets the accumulator.
