@@ -18,7 +18,7 @@ CV_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
 CV_DIR ?= outputs/cv/$(CV_STAMP)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test train cv download predict evaluate bench clean
+.PHONY: help install demo test train cv download predict evaluate bench bench-large clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench: install ## run the benchmarks (about 30 min on 2 CPU cores); tables in be
 	$(PY) -m benchmarks.sliding_window
 	$(PY) -m benchmarks.train_step
 	$(PY) -m benchmarks.hippocampus
+
+bench-large: install ## data larger than RAM: peak RSS with cache=disk (~35 min, ~30 GB disk in DATA)
+	$(PY) -m benchmarks.large_data --data $(DATA)
 
 clean: ## remove caches and outputs/ runs (keeps data/ and .venv)
 	rm -rf outputs/*/ .pytest_cache

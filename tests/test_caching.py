@@ -133,3 +133,20 @@ def test_training_from_uncached_or_disk_cached_cases_keeps_their_geometry(tiny_c
         cached = {tuple(torch.load(p, weights_only=False)["image"].shape[1:])
                   for p in (tmp_path / "cache").rglob("*.pt")}
         assert cached and cached <= expected, (cached, expected)
+
+
+def test_thread_loader_knob_trains(tiny_cfg):
+    from monai.data import ThreadDataLoader
+
+    from medseg.train import train
+
+    cfg = tiny_cfg("dataset.loader._target_=monai.data.ThreadDataLoader", "trainer.steps_per_epoch=2")
+    assert isinstance(build_segmentation_data(cfg.dataset, cfg.augment).train_loader, ThreadDataLoader)
+    assert train(cfg)["epochs"] == 1
+
+
+def test_gpu_cache_needs_memory_cache_and_no_worker_processes(tiny_cfg):
+    for overrides in (["dataset.cache=disk"], ["dataset.num_workers=2"]):
+        cfg = tiny_cfg("dataset.cache_device=cuda", *overrides)
+        with pytest.raises(MedsegError, match="dataset.cache_device=cuda needs dataset.cache=memory and dataset.num_workers=0"):
+            build_segmentation_data(cfg.dataset, cfg.augment)
