@@ -163,6 +163,10 @@ def test_brats_verify_and_train_regions(tmp_path, year):
     cfg = compose_train(["dataset=brats", f"dataset.year={year}", f"paths.data_dir={tmp_path / 'data'}", *STEP,
                          "dataset.max_cases=null"], tmp_path / "run")
     assert cfg.loss.loss.sigmoid is True
+    # the nested label-to-regions Compose is spliced in, so the whole preprocessing is cached
+    from medseg.data.loaders import build_segmentation_data
+
+    assert build_segmentation_data(cfg.dataset, cfg.augment).meta_free_training
     result = train(cfg)
     assert list(result["best"]["metrics"]) == ["TC", "WT", "ET", "mean_dice"]
 

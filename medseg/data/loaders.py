@@ -135,6 +135,8 @@ def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, seed: i
     val_loader = loader(val_ds, batch_size=1, shuffle=False)
     log.info("fold %s: %d training / %d validation cases from %s (cache=%s)", cfg.fold, len(train_ds), len(val_ds),
              task_dir, cfg.cache)
-    fully_cached = cfg.cache == "memory" and float(cfg.cache_rate) >= 1.0
+    cached_steps = train_chain.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
+    fully_cached = (cfg.cache == "memory" and float(cfg.cache_rate) >= 1.0
+                    and (cached_steps is None or cached_steps >= len(deterministic.transforms)))
     return SegmentationData(train_loader, val_loader, data.label_names, split, task_dir, instantiate(cfg.target),
                             meta_free_training=fully_cached)

@@ -19,6 +19,12 @@ def is_nonzero(x: torch.Tensor) -> torch.Tensor:
     return x != 0
 
 
+def _flat(transform: Any) -> list[Any]:
+    """A nested ``Compose`` spliced into its steps: MONAI's ``Compose`` counts as random, and
+    ``CacheDataset`` stops caching at the first random step."""
+    return list(transform.flatten().transforms) if isinstance(transform, mt.Compose) else [transform]
+
+
 def preprocessing(
     cfg: DictConfig,
     keys: Sequence[str] = ("image", "label"),
@@ -36,7 +42,7 @@ def preprocessing(
     chain: list[Any] = [
         mt.LoadImaged(keys=list(keys), ensure_channel_first=True, image_only=True),
         mt.EnsureTyped(keys=list(keys), dtype=torch.float32),
-        *([instantiate(cfg.label_transform)] if "label" in keys and cfg.get("label_transform") else []),
+        *(_flat(instantiate(cfg.label_transform)) if "label" in keys and cfg.get("label_transform") else []),
         mt.Orientationd(keys=list(keys), axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         mt.Spacingd(keys=list(keys), pixdim=list(cfg.spacing), mode=interp),
         instantiate(cfg.intensity),
