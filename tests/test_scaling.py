@@ -120,6 +120,20 @@ def test_slurm_preset_runs_one_ddp_task_per_gpu():
     assert launcher.tasks_per_node == 4 and launcher.partition == "gpu" and launcher.nodes == 1
 
 
+@pytest.mark.slow
+def test_submitit_job_with_two_tasks_forms_one_ddp_group(synthetic_data_dir, tmp_path):
+    """The path hydra/launcher=slurm takes (submitit tasks -> one process group), run with submitit's
+    local executor since CI has no SLURM."""
+    sweep = tmp_path / "sweep"
+    proc = run([sys.executable, "-m", "medseg.train", "-m", "hydra/launcher=submitit_local",
+                "hydra.launcher.tasks_per_node=2", "dataset.fold=0", f"paths.data_dir={synthetic_data_dir}", *TINY,
+                f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = sweep / "0_unet3d"
+    assert json.loads((job / "metrics.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in (job / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+
 def test_optuna_preset_maximises_the_value_train_returns():
     cfg = _compose_with_hydra(["hparams_search=optuna"])
     sweeper = cfg.hydra.sweeper

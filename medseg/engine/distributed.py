@@ -50,10 +50,12 @@ def setup(device_name: str = "auto") -> torch.device:
 
     GPUs: one per process (``cuda:LOCAL_RANK``), NCCL. CPU: gloo.
     """
-    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    if os.environ.get("SUBMITIT_EXECUTOR") and not launched_by_torchrun():  # a job of hydra/launcher=slurm
+        import submitit
         from submitit.helpers import TorchDistributedEnvironment
 
-        TorchDistributedEnvironment().export()  # SLURM task ids -> RANK, WORLD_SIZE, MASTER_ADDR, ...
+        if submitit.JobEnvironment().num_tasks > 1:  # its tasks -> RANK, WORLD_SIZE, MASTER_ADDR, ...
+            TorchDistributedEnvironment().export()
     if not launched_by_torchrun():
         return select_device(device_name)
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
