@@ -130,7 +130,7 @@ def test_training_from_uncached_or_disk_cached_cases_keeps_their_geometry(tiny_c
         expected = {tuple(max(n, 32) for n in preprocessing(cfg.dataset)(
             {"image": f"{root}/imagesTr/{c}.nii.gz", "label": f"{root}/labelsTr/{c}.nii.gz"})["image"].shape[1:])
             for c in split["train"] + split["val"]}
-        cached = {tuple(torch.load(p, weights_only=False)["image"].shape[1:])
+        cached = {tuple(torch.load(p, weights_only=True)["image"].shape[1:])
                   for p in (tmp_path / "cache").rglob("*.pt")}
         assert cached and cached <= expected, (cached, expected)
 
