@@ -71,8 +71,7 @@ def estimate_case_bytes(case: dict[str, Any], spacing: Sequence[float], in_chann
     header = nib.load(_first_file(case["image"])).header
     shape, zooms = np.array(header.get_data_shape()[:3], float), np.array(header.get_zooms()[:3], float)
     voxels = float(np.prod(np.ceil(shape * zooms / np.asarray(spacing, float))))
-    channels = in_channels if isinstance(case["image"], str) or len(case["image"]) == 1 else len(case["image"])
-    channels = max(channels, in_channels)
+    channels = max(in_channels, 1 if isinstance(case["image"], str) else len(case["image"]))
     return int(voxels * 4 * (channels + ("label" in case)))
 
 
@@ -112,15 +111,15 @@ def check_memory_cache_fits(cases: Sequence[dict[str, Any]], cfg: DictConfig, co
     return needed
 
 
-def cache_key(dataset_cfg: DictConfig, cached_augment: dict[str, Any]) -> str:
-    """Hash of everything that shapes the cached arrays: preprocessing settings, the cached leading
-    augment entries, MONAI's version and medseg's cache format."""
-    settings = {
-        "dataset": {k: OmegaConf.to_container(dataset_cfg, resolve=True).get(k) for k in PREPROCESSING_KEYS},
-        "augment": cached_augment,
-        "monai": monai.__version__,
-        "format": CACHE_FORMAT,
-    }
+def cache_settings(dataset_cfg: DictConfig, cached_augment: dict[str, Any]) -> dict[str, Any]:
+    """Everything that shapes the cached arrays: preprocessing settings, the cached leading augment
+    entries, MONAI's version and medseg's cache format."""
+    resolved = OmegaConf.to_container(dataset_cfg, resolve=True)
+    return {"dataset": {k: resolved.get(k) for k in PREPROCESSING_KEYS}, "augment": cached_augment,
+            "monai": monai.__version__, "format": CACHE_FORMAT}
+
+
+def cache_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -134,16 +133,13 @@ def hash_case(case: dict[str, Any]) -> bytes:
 
 def disk_cache_dir(dataset_cfg: DictConfig, cached_augment: dict[str, Any]) -> Path:
     """``<cache_dir>/<dataset name>/<key>/``, with the settings behind the key in ``settings.json``."""
-    key = cache_key(dataset_cfg, cached_augment)
-    folder = Path(dataset_cfg.cache_dir) / str(dataset_cfg.name) / key
+    settings = cache_settings(dataset_cfg, cached_augment)
+    folder = Path(dataset_cfg.cache_dir) / str(dataset_cfg.name) / cache_key(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    settings = folder / "settings.json"
-    if not settings.exists():
+    if not (folder / "settings.json").exists():
         tmp = folder / f".settings.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"dataset": {k: OmegaConf.to_container(dataset_cfg, resolve=True).get(k)
-                                                for k in PREPROCESSING_KEYS}, "augment": cached_augment,
-                                   "monai": monai.__version__}, indent=2, default=str))
-        os.replace(tmp, settings)
+        tmp.write_text(json.dumps(settings, indent=2, default=str))
+        os.replace(tmp, folder / "settings.json")
     return folder
 
 

@@ -83,15 +83,22 @@ def select_split(cfg: DictConfig, data: datalist.Datalist) -> tuple[list[dict], 
     return [data.cases[c] for c in split["train"]], [data.cases[c] for c in split["val"]], split
 
 
+def _ends_cache(transform: Any) -> bool:
+    """MONAI's rule (CacheDataset, PersistentDataset): caching stops at the first random or
+    non-``Transform`` step of a chain."""
+    return isinstance(transform, RandomizableTrait) or not isinstance(transform, Transform)
+
+
+def _cached_steps(chain: Compose) -> int:
+    """How many leading steps of ``chain`` a cache stores."""
+    first = chain.get_index_of_first(_ends_cache)
+    return len(chain.transforms) if first is None else first
+
+
 def cached_augment_entries(augment: DictConfig | None, chain: Compose) -> dict[str, Any]:
     """The leading deterministic entries of the ``augment`` config: the cache stores their output."""
     names = [name for name, t in (augment or {}).items() if t is not None]
-    cached = {}
-    for name, transform in zip(names, chain.transforms):
-        if isinstance(transform, RandomizableTrait) or not isinstance(transform, Transform):
-            break
-        cached[name] = OmegaConf.to_container(augment[name], resolve=True)
-    return cached
+    return {name: OmegaConf.to_container(augment[name], resolve=True) for name in names[: _cached_steps(chain)]}
 
 
 def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, seed: int = 0) -> SegmentationData:
@@ -135,8 +142,7 @@ def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, seed: i
     val_loader = loader(val_ds, batch_size=1, shuffle=False)
     log.info("fold %s: %d training / %d validation cases from %s (cache=%s)", cfg.fold, len(train_ds), len(val_ds),
              task_dir, cfg.cache)
-    cached_steps = train_chain.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
     fully_cached = (cfg.cache == "memory" and float(cfg.cache_rate) >= 1.0
-                    and (cached_steps is None or cached_steps >= len(deterministic.transforms)))
+                    and _cached_steps(train_chain) >= len(deterministic.transforms))
     return SegmentationData(train_loader, val_loader, data.label_names, split, task_dir, instantiate(cfg.target),
                             meta_free_training=fully_cached)

@@ -120,7 +120,9 @@ def from_main(value: Any) -> Any:
 
 def shard(items: list[Any], even: bool) -> list[Any]:
     """This rank's share of ``items``: interleaved, and padded with repeats when ``even`` so every
-    rank runs the same number of steps (training); unpadded for validation, which is gathered."""
+    rank runs the same number of steps (training); unpadded for validation, which is gathered.
+    Like MONAI's ``partition_dataset``, except that a rank may get nothing (1 validation case,
+    2 ranks), which MONAI refuses."""
     n = world_size()
     if n == 1:
         return items
