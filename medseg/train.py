@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,11 @@ def main(cfg: DictConfig) -> float:
         distributed.cleanup()
     value = metric_value(result, cfg.optimized_metric)
     if result["world_size"] > 1:  # every rank reports: the gathered metrics must agree
-        print(f"[rank {distributed.rank_from_env()}/{result['world_size']}] best {json.dumps(result['best'])}")
+        # One write per line: ranks share the terminal, and print() issues the text and its
+        # newline as two writes, which interleave across processes when stdout is unbuffered.
+        line = f"[rank {distributed.rank_from_env()}/{result['world_size']}] best {json.dumps(result['best'])}\n"
+        sys.stdout.write(line)
+        sys.stdout.flush()
     if distributed.rank_from_env() == 0:
         print(result["summary"])
         print(f"run folder: {cfg.paths.output_dir}")
