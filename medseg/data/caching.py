@@ -127,7 +127,7 @@ def hash_case(case: dict[str, Any]) -> bytes:
     """PersistentDataset item key: the file paths plus each file's size and modification time, so a
     re-downloaded or edited file is preprocessed again."""
     files = [f for v in case.values() for f in ([v] if isinstance(v, str) else v) if isinstance(f, str)]
-    stats = [[os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files if os.path.isfile(f)]
+    stats = [[st.st_size, st.st_mtime_ns] for st in map(os.stat, filter(os.path.isfile, files))]
     return hashlib.md5(json.dumps([case, stats], sort_keys=True, default=str).encode()).hexdigest().encode()
 
 

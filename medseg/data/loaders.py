@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,8 +128,7 @@ def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, seed: i
     train_chain.set_random_state(seed + distributed.rank())
     train_folder = val_folder = None
     if cfg.cache == "memory":
-        copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        caching.check_memory_cache_fits([*train_cases, *val_cases], cfg, copies=copies)
+        caching.check_memory_cache_fits([*train_cases, *val_cases], cfg, copies=distributed.local_world_size())
     elif cfg.cache == "disk":  # the chains differ (crop indices for training), so do their folders
         train_folder = caching.disk_cache_dir(cfg, cached_augment_entries(augment, random_chain))
         val_folder = caching.disk_cache_dir(cfg, {})

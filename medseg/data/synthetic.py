@@ -57,7 +57,7 @@ def make_case(seed: int, shape: tuple[int, int, int] | None = None) -> tuple[np.
     grid = np.meshgrid(*axes, indexing="ij", sparse=True)
     x, y, z = grid
 
-    image = np.full(shape, -1000.0, dtype=np.float64 if not fixed_grid else np.float32)  # float32 halves big cases
+    image = np.full(shape, -1000.0, dtype=np.float32 if fixed_grid else np.float64)  # float32 halves big cases
     body_radii = np.array([rng.uniform(72, 82), rng.uniform(58, 68)])
     body = ((x / body_radii[0]) ** 2 + (y / body_radii[1]) ** 2) <= 1.0
     inner = ((x / (body_radii[0] - 9)) ** 2 + (y / (body_radii[1] - 9)) ** 2) <= 1.0

@@ -41,6 +41,11 @@ def rank_from_env() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def local_world_size() -> int:
+    """Processes of this job on this machine (torchrun's ``LOCAL_WORLD_SIZE``; 1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
@@ -140,7 +145,7 @@ def run_name() -> str:
     """
     if not launched_by_torchrun():
         started = datetime.datetime.now()
-    elif int(os.environ.get("LOCAL_WORLD_SIZE", "0")) == int(os.environ["WORLD_SIZE"]):
+    elif local_world_size() == int(os.environ["WORLD_SIZE"]):
         started = datetime.datetime.fromtimestamp(psutil.Process(os.getppid()).create_time())
     else:
         return f"ddp_{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}"
