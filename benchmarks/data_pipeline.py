@@ -10,14 +10,15 @@ import argparse
 import tempfile
 import time
 
+from hydra.utils import instantiate
 from monai.data import DataLoader, Dataset, set_track_meta
 from monai.transforms import Compose
 
 from benchmarks.common import write_table
+from medseg.core.config import compose_train
 from medseg.data.loaders import build_segmentation_data
 from medseg.data.synthetic import generate_task
 from medseg.data.transforms import augmentation, preprocessing
-from tests.conftest import compose_train
 
 
 def batches_per_second(loader: DataLoader, epochs: int) -> float:
@@ -38,9 +39,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         generate_task(tmp, cases=args.cases, test_cases=0, seed=3)
-        cfg = compose_train([f"paths.data_dir={tmp}", "dataset.num_folds=2", "dataset.cache_workers=2"], f"{tmp}/run")
-        medseg = build_segmentation_data(cfg.dataset, cfg.augment, seed=0).train_loader
-        chain = Compose([*preprocessing(cfg.dataset).transforms, *augmentation(cfg.augment).transforms])
+        cfg = compose_train([f"paths.data_dir={tmp}", "dataset.num_folds=2", "cache.workers=2"], f"{tmp}/run")
+        medseg = build_segmentation_data(cfg.dataset, cfg.augment, instantiate(cfg.cache), seed=0).train_loader
+        cached, random = augmentation(cfg.augment)
+        chain = Compose([*preprocessing(cfg.dataset).transforms, *cached.transforms, *random.transforms])
         baseline = DataLoader(Dataset(medseg.dataset.data, chain), batch_size=cfg.dataset.batch_size, shuffle=True)
         base = batches_per_second(baseline, args.epochs)
         set_track_meta(False)  # as medseg's trainer does while it iterates the training loader

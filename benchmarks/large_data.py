@@ -1,4 +1,4 @@
-"""Data larger than RAM: peak memory of training with ``dataset.cache=disk`` on ``dataset=synthetic_large``
+"""Data larger than RAM: peak memory of training with ``cache=disk`` on ``dataset=synthetic_large``
 (24 CT-like volumes of 512x512x600 voxels, ~25 GB as float32), and ``cache=memory`` refused up front.
 
     python -m benchmarks.large_data [--data data] [--steps 12]
@@ -23,7 +23,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 from benchmarks.common import write_table
-from tests.conftest import compose_train
+from medseg.core.config import compose_train
 
 GIB = 1 << 30
 
@@ -57,15 +57,15 @@ def main() -> None:
     t0 = time.perf_counter()
     task_dir = instantiate(cfg.dataset.prepare)
     generate_s = time.perf_counter() - t0
-    cache_root = Path(cfg.dataset.cache_dir) / cfg.dataset.name
+    cache_root = Path(cfg.paths.cache_dir) / cfg.dataset.name
     shutil.rmtree(cache_root, ignore_errors=True)  # run 1 starts cold
 
     rows = []
     with tempfile.TemporaryDirectory() as out:
         train = [sys.executable, "-m", "medseg.train", *overrides]
-        for label, extra in (("cache=disk, cold (fills the cache)", ["dataset.cache=disk"]),
-                             ("cache=disk, warm (reads the cache)", ["dataset.cache=disk"]),
-                             ("cache=memory", ["dataset.cache=memory"])):
+        for label, extra in (("cache=disk, cold (fills the cache)", ["cache=disk"]),
+                             ("cache=disk, warm (reads the cache)", ["cache=disk"]),
+                             ("cache=memory", ["cache=memory"])):
             rc, wall, rss, last = run_measured([*train, *extra, f"hydra.run.dir={out}/{len(rows)}"])
             rows.append([label, rc, round(wall, 1), round(rss, 2), last if rc else "trained, validated, checkpointed"])
             print(rows[-1], flush=True)

@@ -15,9 +15,9 @@ from hydra.utils import instantiate
 from monai.inferers import SlidingWindowInferer, sliding_window_inference
 
 from benchmarks.common import median_time, write_table
+from medseg.core.config import compose_train
+from medseg.core.utils import channels_last
 from medseg.inference.sliding_window import predict_logits
-from medseg.utils import channels_last
-from tests.conftest import compose_train
 
 
 def label_dice(a: torch.Tensor, b: torch.Tensor, num_classes: int) -> float:

@@ -12,8 +12,8 @@ import torch
 from hydra.utils import instantiate
 
 from benchmarks.common import write_table
-from medseg.inference.sliding_window import autocast_context
-from tests.conftest import compose_train
+from medseg.core.config import compose_train
+from medseg.core.utils import autocast_context
 
 
 def patches_per_second(model, loss_fn, optimizer, batch, steps: int, device, amp: bool, channels_last: bool) -> float:

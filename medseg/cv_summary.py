@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from medseg.errors import MedsegError, exit_on_user_error
+from medseg.core.errors import MedsegError, exit_on_user_error
 
 
 def _overrides(run_dir: Path) -> list[str]:

@@ -15,12 +15,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from medseg.engine.visualize import save_overlay_png
-from medseg import CONF_DIR
-from medseg.errors import MedsegError, exit_on_user_error
+from medseg.core.config import CONF_DIR
+from medseg.core.errors import MedsegError, exit_on_user_error
+from medseg.core.utils import select_device
+from medseg.core.visualize import save_overlay_png
 from medseg.inference.cases import discover_cases
 from medseg.inference.predictor import Predictor, save_nifti
-from medseg.utils import select_device
 
 log = logging.getLogger("medseg.predict")
 

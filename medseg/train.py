@@ -8,27 +8,32 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from medseg import CONF_DIR
-from medseg.engine import distributed
+from medseg.core import distributed
+from medseg.core.config import CONF_DIR
+from medseg.core.errors import exit_on_user_error
+from medseg.core.utils import seed_everything
 from medseg.engine.trainer import Trainer
-from medseg.errors import exit_on_user_error
-from medseg.utils import seed_everything
 
 log = logging.getLogger("medseg.train")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
     """Trains and validates as configured; writes the run folder ``cfg.paths.output_dir``.
 
     Under ``torchrun`` every process calls this; they share the run folder, rank 0 writes it, and
     all return the same (gathered) validation results.
+
+    Args:
+        cfg: the composed ``train`` config.
+        clock: monotonic seconds that ``trainer.max_minutes`` is measured on (tests inject a fake one).
 
     Returns:
         ``{"best": {"epoch", "metrics"}, "last": {...}, "epochs", "train_minutes"}``.
@@ -38,7 +43,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    data = instantiate(cfg.dataset.task).build(cfg)
+    data = instantiate(cfg.task.builder).build(cfg)
     if distributed.is_main():
         (run_dir / "split.json").write_text(json.dumps({"fold": cfg.dataset.get("fold"), **data.split}, indent=2))
 
@@ -55,6 +60,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         run_dir=run_dir,
         config=OmegaConf.to_container(cfg, resolve=True),
         device=device,
+        clock=clock,
     )
     if cfg.trainer.resume:
         trainer.resume(str(cfg.trainer.resume))

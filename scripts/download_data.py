@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medseg.core.errors import MedsegError
 from medseg.data import download, manual
-from medseg.errors import MedsegError
 
 
 def list_msd() -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
+from medseg.core.config import compose_train
 from medseg.data.synthetic import generate_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +25,6 @@ TINY = [
     "dataset.batch_size=1",
     "dataset.num_samples=1",
     "dataset.num_workers=0",
-    "dataset.cache_workers=0",
     "inferer.sw_batch_size=2",
     "inferer.overlap=0.25",
 ]
@@ -46,18 +43,6 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
     data_dir = tmp_path_factory.mktemp("data")
     generate_task(data_dir, cases=10, test_cases=2, seed=1)
     return data_dir
-
-
-def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Composes conf/train.yaml exactly as ``python -m medseg.train <overrides>`` would."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)  # lets ${hydra:...} interpolations resolve outside a Hydra app
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        del cfg["hydra"]
-    return cfg
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""dataset.cache=memory|disk|none: same samples, cache keyed by the preprocessing settings, and an
+"""cache=memory|disk|none: same samples, cache keyed by the preprocessing settings, and an
 in-memory cache that would not fit refused up front with a one-line error."""
 
 from __future__ import annotations
@@ -12,17 +12,23 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
 from monai.data import CacheDataset, Dataset, PersistentDataset
 
+from medseg.core.errors import MedsegError
 from medseg.data import caching
 from medseg.data.loaders import build_segmentation_data
-from medseg.errors import MedsegError
 from tests.conftest import ROOT, TINY
+
+
+def _data(cfg):
+    return build_segmentation_data(cfg.dataset, cfg.augment, instantiate(cfg.cache), seed=cfg.seed)
 
 
 def _build(tiny_cfg, *overrides):
     cfg = tiny_cfg(*overrides)
-    return cfg, build_segmentation_data(cfg.dataset, cfg.augment, seed=cfg.seed)
+    return cfg, _data(cfg)
 
 
 def _val_item(data) -> dict:
@@ -30,9 +36,9 @@ def _val_item(data) -> dict:
 
 
 def test_every_cache_mode_gives_the_same_preprocessed_case(tiny_cfg, tmp_path):
-    _, memory = _build(tiny_cfg, "dataset.cache=memory")
-    _, disk = _build(tiny_cfg, "dataset.cache=disk", f"paths.cache_dir={tmp_path}/cache")
-    _, none = _build(tiny_cfg, "dataset.cache=none")
+    _, memory = _build(tiny_cfg, "cache=memory")
+    _, disk = _build(tiny_cfg, "cache=disk", f"paths.cache_dir={tmp_path}/cache")
+    _, none = _build(tiny_cfg, "cache=none")
     assert isinstance(memory.val_loader.dataset, CacheDataset)
     assert isinstance(disk.val_loader.dataset, PersistentDataset)
     assert type(none.val_loader.dataset) is Dataset
@@ -47,17 +53,17 @@ def test_every_cache_mode_gives_the_same_preprocessed_case(tiny_cfg, tmp_path):
 
 def test_disk_cache_folder_is_keyed_by_preprocessing_settings(tiny_cfg, tmp_path):
     tiny_cfg = functools.partial(tiny_cfg, f"paths.cache_dir={tmp_path}/cache")
-    cfg, data = _build(tiny_cfg, "dataset.cache=disk")
+    cfg, data = _build(tiny_cfg, "cache=disk")
     data.train_loader.dataset[0], data.val_loader.dataset[0]  # PersistentDataset fills on first read
-    root = caching.Path(cfg.dataset.cache_dir) / "synthetic"
+    root = caching.Path(cfg.cache.dir) / "synthetic"
     folders = {p.name for p in root.iterdir()}
     assert len(folders) == 2  # training chain (with crop indices) and validation chain
     files_before = {p: p.stat().st_mtime_ns for p in root.rglob("*.pt")}
     assert files_before
-    _build(tiny_cfg, "dataset.cache=disk", "dataset.batch_size=2", "dataset.fold=0")  # same preprocessing
+    _build(tiny_cfg, "cache=disk", "dataset.batch_size=2", "dataset.fold=0")  # same preprocessing
     assert {p.name for p in root.iterdir()} == folders
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*.pt")} == files_before  # reused, not rewritten
-    _build(tiny_cfg, "dataset.cache=disk", "dataset.spacing=[5.0,5.0,5.0]")
+    _build(tiny_cfg, "cache=disk", "dataset.spacing=[5.0,5.0,5.0]")
     assert len({p.name for p in root.iterdir()} - folders) == 2  # new settings: new folders, old ones untouched
     for folder in root.iterdir():
         settings = json.loads((folder / "settings.json").read_text())
@@ -85,23 +91,51 @@ def test_memory_estimate_bounds_the_cached_case(tiny_cfg):
 
 def test_memory_cache_that_cannot_fit_is_refused_before_caching(tiny_cfg):
     cfg = tiny_cfg("dataset.spacing=[0.05,0.05,0.05]")  # ~10^10 voxels per case: far beyond any RAM
-    with pytest.raises(MedsegError, match=r"needs ~\d+\.\d GiB but only .* available: use dataset.cache=disk"):
-        build_segmentation_data(cfg.dataset, cfg.augment, seed=0)
+    with pytest.raises(MedsegError, match=r"needs ~\d+\.\d GiB but only .* available: use cache=disk"):
+        _data(cfg)
 
 
 def test_memory_cache_refusal_is_one_line_and_exit_2(synthetic_data_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "medseg.train", f"paths.data_dir={synthetic_data_dir}", *TINY,
                            "dataset.spacing=[0.05,0.05,0.05]", f"hydra.run.dir={tmp_path}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "dataset.cache=disk" in errors[0] and "Traceback" not in proc.stderr
+    assert len(errors) == 1 and "cache=disk" in errors[0] and "Traceback" not in proc.stderr
 
 
-def test_unknown_cache_mode_is_named(tiny_cfg):
-    cfg = tiny_cfg("dataset.cache=ram")
-    with pytest.raises(MedsegError, match="dataset.cache=ram is not one of memory, disk, none"):
-        build_segmentation_data(cfg.dataset, cfg.augment, seed=0)
+def test_unknown_cache_mode_is_named_with_the_options(tiny_cfg):
+    with pytest.raises(MissingConfigException, match="cache/ram") as err:
+        tiny_cfg("cache=ram")
+    assert set(err.value.options) == {"memory", "disk", "none"}
+
+
+def test_cache_modes_are_objects_that_know_their_rules(tiny_cfg, tmp_path):
+    modes = {m: instantiate(tiny_cfg(f"cache={m}", f"paths.cache_dir={tmp_path}").cache) for m in ("memory", "disk", "none")}
+    assert {m: type(c) for m, c in modes.items()} == {"memory": caching.MemoryCache, "disk": caching.DiskCache,
+                                                       "none": caching.NoCache}
+    assert [m for m, c in modes.items() if c.meta_free_training] == ["memory"]
+    assert not instantiate(tiny_cfg("cache.rate=0.5").cache).meta_free_training
+
+
+def test_random_transform_among_cached_augment_entries_is_a_one_line_error(tiny_cfg):
+    from medseg.data.transforms import augmentation
+
+    cfg = tiny_cfg("+augment.cached.jitter={_target_: monai.transforms.RandScaleIntensityd, keys: image, factors: 0.1}")
+    with pytest.raises(MedsegError, match="augment.cached.jitter .*RandScaleIntensityd.* move it to augment.random"):
+        augmentation(cfg.augment)
+
+
+def test_disk_cache_key_ignores_random_entries_and_their_order(tiny_cfg, tmp_path):
+    """Only the cached entries shape the stored arrays: reordering or dropping random ones keeps the key."""
+    from medseg.data.transforms import cached_augment_settings
+
+    def key(cfg):
+        return caching.cache_key(caching.cache_settings(cfg.dataset, cached_augment_settings(cfg.augment)))
+
+    base = key(tiny_cfg())
+    assert key(tiny_cfg("augment.random.rot90=null", "augment.random.flip_x=null")) == base
+    assert key(tiny_cfg("+augment.cached.pad.mode=reflect")) != base
 
 
 def test_available_memory_is_positive_and_at_most_total_ram():
@@ -115,12 +149,10 @@ def test_available_memory_is_positive_and_at_most_total_ram():
 def test_training_from_uncached_or_disk_cached_cases_keeps_their_geometry(tiny_cfg, tmp_path, mode):
     """Cases preprocessed during training (disk cache filling, no cache, cache_rate < 1) still need
     their affine: resampling without it would read the spacing as 1 mm and blow up the volume."""
-    from medseg.train import train
-
     from medseg.data.transforms import preprocessing
     from medseg.train import train
 
-    cache = ["dataset.cache=memory", "dataset.cache_rate=0.5"] if mode == "memory-partial" else [f"dataset.cache={mode}"]
+    cache = ["cache=memory", "cache.rate=0.5"] if mode == "memory-partial" else [f"cache={mode}"]
     cfg = tiny_cfg(*cache, f"paths.cache_dir={tmp_path}/cache", "trainer.steps_per_epoch=4")
     result = train(cfg)
     assert result["epochs"] == 1 and result["best"]["metrics"]["mean_dice"] >= 0.0
@@ -141,12 +173,11 @@ def test_thread_loader_knob_trains(tiny_cfg):
     from medseg.train import train
 
     cfg = tiny_cfg("dataset.loader._target_=monai.data.ThreadDataLoader", "trainer.steps_per_epoch=2")
-    assert isinstance(build_segmentation_data(cfg.dataset, cfg.augment).train_loader, ThreadDataLoader)
+    assert isinstance(_data(cfg).train_loader, ThreadDataLoader)
     assert train(cfg)["epochs"] == 1
 
 
-def test_gpu_cache_needs_memory_cache_and_no_worker_processes(tiny_cfg):
-    for overrides in (["dataset.cache=disk"], ["dataset.num_workers=2"]):
-        cfg = tiny_cfg("dataset.cache_device=cuda", *overrides)
-        with pytest.raises(MedsegError, match="dataset.cache_device=cuda needs dataset.cache=memory and dataset.num_workers=0"):
-            build_segmentation_data(cfg.dataset, cfg.augment)
+def test_gpu_cache_needs_no_worker_processes(tiny_cfg):
+    cfg = tiny_cfg("cache.device=cuda", "dataset.num_workers=2")
+    with pytest.raises(MedsegError, match="cache.device=cuda needs dataset.num_workers=0"):
+        _data(cfg)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from medmnist import INFO, Evaluator
 
-from medseg.engine.checkpoint import load_checkpoint
+from medseg.core.checkpoint import load_checkpoint
+from medseg.core.config import compose_train
 from medseg.train import train
-from tests.conftest import CONF_DIR, ROOT, compose_train
+from tests.conftest import CONF_DIR, ROOT
 
 SMALL = ["trainer.max_epochs=2", "trainer.device=cpu", "dataset.batch_size=16", "trainer.max_minutes=null",
          "model.block_inplanes=[8,16,32,64]"]
@@ -85,12 +86,12 @@ def test_seed_script_resolves_configs_paths(tmp_path):
     data = tmp_path / "data"
     write_npz(data, "pathmnist")
     proc = subprocess.run([sys.executable, "scripts/train.py", "--config", "configs/medmnist_example.yaml", "trainer=fast",
-                           f"paths.data_dir={data}", "trainer.max_epochs=1", "model.block_inplanes=[8,16,32,64]",
-                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           f"paths.data_dir={data}", "trainer.max_epochs=1", "trainer.max_minutes=null", "model.block_inplanes=[8,16,32,64]",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "validation AUC" in proc.stdout and "test AUC" in proc.stdout
     assert "pathmnist" in (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
     bad = subprocess.run([sys.executable, "scripts/train.py", "--config", "configs/nope.yaml"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "medmnist_example" in bad.stderr and "msd_liver" in bad.stderr
     assert (CONF_DIR / "experiment" / "msd_liver.yaml").is_file()

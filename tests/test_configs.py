@@ -60,7 +60,9 @@ def test_every_segmentation_loss_handles_single_and_deep_supervised_outputs(tiny
     logits = torch.randn(2, 3, 8, 8, 8, requires_grad=True)
     single = loss_fn(logits, target)
     deep = loss_fn([logits, torch.randn(2, 3, 4, 4, 4)], target)
-    assert single.ndim == 0 and torch.isfinite(single) and torch.isfinite(deep)
+    stacked = loss_fn(torch.stack([logits, torch.randn(2, 3, 8, 8, 8)], dim=1), target)  # DynUNet's training output
+    assert single.ndim == 0 and torch.isfinite(single) and torch.isfinite(deep) and torch.isfinite(stacked)
+    assert not torch.isclose(stacked, single)  # the second head counts
     single.backward()
     assert logits.grad is not None
 
@@ -68,12 +70,12 @@ def test_every_segmentation_loss_handles_single_and_deep_supervised_outputs(tiny
 @pytest.mark.parametrize("augment", sorted(set(options("augment")) - {"classification"}))
 def test_every_augmentation_yields_patches(tiny_cfg, augment):
     cfg = tiny_cfg(f"augment={augment}", "dataset.num_samples=3")
-    chain = augmentation(cfg.augment)
+    cached, random = augmentation(cfg.augment)
     image = torch.rand(1, 20, 40, 36)
     label = torch.zeros(1, 20, 40, 36)
     label[:, 5:15, 10:20, 10:20] = 1
     label[:, 2:6, 30:36, 20:30] = 2
-    out = chain({"image": image, "label": label})
+    out = random(cached({"image": image, "label": label}))
     assert len(out) == 3
     for sample in out:
         assert tuple(sample["image"].shape[1:]) == tuple(cfg.dataset.patch_size)
@@ -99,7 +101,48 @@ def test_classification_losses(tiny_cfg, loss):
 
 
 def test_classification_augment_is_empty_by_default_and_extensible(tiny_cfg):
-    assert len(augmentation(tiny_cfg("augment=classification").augment).transforms) == 0
-    cfg = tiny_cfg("augment=classification", "+augment.flip={_target_: monai.transforms.RandFlipd, keys: image, prob: 1.0, spatial_axis: 1}")
+    assert [len(c.transforms) for c in augmentation(tiny_cfg("augment=classification").augment)] == [0, 0]
+    cfg = tiny_cfg("augment=classification", "+augment.random.flip={_target_: monai.transforms.RandFlipd, keys: image, prob: 1.0, spatial_axis: 1}")
     image = torch.arange(6.0).reshape(1, 2, 3)
-    assert torch.equal(augmentation(cfg.augment)({"image": image})["image"], image.flip(2))
+    assert torch.equal(augmentation(cfg.augment)[1]({"image": image})["image"], image.flip(2))
+
+
+def _readme_commands() -> list[tuple[str, list[str]]]:
+    """``(entry, overrides)`` of every medseg command line in the README's code blocks."""
+    import re
+    import shlex
+
+    text = (CONF_DIR.parent / "README.md").read_text()
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S))
+    commands = []
+    for line in blocks.splitlines():
+        line = line.split("  #")[0].strip()
+        match = re.search(r"(?:python -m medseg\.|-m medseg\.)(train|predict|evaluate)\b(.*)", line)
+        if match:
+            words = [w for w in shlex.split(match[2]) if w != "-m"]
+            # a sweep composes like its first value; the optuna search space is the sweeper's syntax
+            words = [w if "(" in w or "," not in w.split("=", 1)[-1] or w.split("=", 1)[-1].startswith("[")
+                     else w.split(",")[0] for w in words]
+            commands.append((match[1], words))
+    return commands
+
+
+README_COMMANDS = _readme_commands()
+
+
+@pytest.mark.parametrize("entry,overrides", README_COMMANDS, ids=[" ".join([e, *o])[:60] for e, o in README_COMMANDS])
+def test_every_readme_command_composes(entry, overrides, tmp_path):
+    """Every command line the README teaches still names config groups and keys that exist."""
+    from medseg.core.config import compose
+
+    overrides = [o.replace("<run>", "run").replace("<time>", "time") for o in overrides if "interval(" not in o]
+    cfg = compose(entry, overrides, tmp_path)
+    if entry == "train":
+        from omegaconf import OmegaConf
+
+        OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+def test_readme_commands_were_found():
+    entries = {e for e, _ in README_COMMANDS}
+    assert entries == {"train", "predict", "evaluate"} and len(README_COMMANDS) >= 15

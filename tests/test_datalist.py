@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from medseg.core.errors import MedsegError
 from medseg.data import datalist
-from medseg.errors import MedsegError
 from tests.conftest import SHARED_DATA, requires_shared
 
 

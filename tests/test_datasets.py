@@ -11,13 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medseg.core.config import compose_train
 from medseg.data import manual
 from medseg.train import train
-from tests.conftest import CONF_DIR, SHARED_DATA, compose_train, requires_shared
+from tests.conftest import CONF_DIR, SHARED_DATA, requires_shared
 
 MSD_CONFIGS = sorted(p.stem for p in (CONF_DIR / "dataset" / "msd").glob("*.yaml"))
 STEP = ["trainer.max_epochs=1", "trainer.steps_per_epoch=1", "trainer.device=cpu", "dataset.patch_size=[16,16,16]",
-        "dataset.batch_size=1", "dataset.num_samples=1", "dataset.cache_workers=0", "dataset.max_cases=4",
+        "dataset.batch_size=1", "dataset.num_samples=1", "cache.workers=0", "dataset.max_cases=4",
         "model.channels=[8,16,32]", "model.strides=[2,2]", "inferer.sw_batch_size=4"]
 
 
@@ -68,8 +69,8 @@ def test_msd_config_trains_a_step_on_its_real_dataset_json(name, tmp_path):
 
 
 def test_missing_msd_task_names_the_download_command(tmp_path):
+    from medseg.core.errors import MedsegError
     from medseg.data.loaders import resolve_task_dir
-    from medseg.errors import MedsegError
 
     cfg = compose_train(["dataset=msd/liver", f"paths.data_dir={tmp_path}"], tmp_path / "run")
     with pytest.raises(MedsegError, match="make download TASK=liver"):
@@ -80,7 +81,7 @@ def test_missing_msd_task_names_the_download_command(tmp_path):
 def test_real_hippocampus_trains(tmp_path):
     requires_shared(SHARED_DATA / "Task04_Hippocampus" / "dataset.json")
     cfg = compose_train(["dataset=msd/hippocampus", f"paths.data_dir={SHARED_DATA}", "trainer=fast",
-                         "trainer.max_epochs=2", "trainer.val_every=1", "dataset.max_cases=24", "trainer.device=cpu"],
+                         "trainer.max_epochs=2", "trainer.max_minutes=null", "trainer.val_every=1", "dataset.max_cases=24", "trainer.device=cpu"],
                         tmp_path / "run")
     result = train(cfg)
     assert set(result["best"]["metrics"]) == {"Anterior", "Posterior", "mean_dice"}
@@ -164,9 +165,12 @@ def test_brats_verify_and_train_regions(tmp_path, year):
                          "dataset.max_cases=null"], tmp_path / "run")
     assert cfg.loss.loss.sigmoid is True
     # the nested label-to-regions Compose is spliced in, so the whole preprocessing is cached
+    # (a preprocessing step the cache would stop at is refused when the data is built)
+    from hydra.utils import instantiate
+
     from medseg.data.loaders import build_segmentation_data
 
-    assert build_segmentation_data(cfg.dataset, cfg.augment).meta_free_training
+    assert build_segmentation_data(cfg.dataset, cfg.augment, instantiate(cfg.cache)).meta_free_training
     result = train(cfg)
     assert list(result["best"]["metrics"]) == ["TC", "WT", "ET", "mean_dice"]
 
@@ -195,3 +199,23 @@ def test_brats_broken_copy_is_reported_file_by_file(tmp_path):
     assert any("BraTS-GLI-00000-000-seg.nii.gz: missing" in p for p in problems)
     assert any("BraTS-GLI-00001-000-seg.nii.gz" in p and "[4]" in p for p in problems)
     assert any("BraTS-GLI-00002-000-seg.nii.gz" in p and "shape" in p for p in problems)
+
+
+def test_readme_worked_example_adds_a_dataset_with_one_yaml_file(synthetic_data_dir, tmp_path):
+    """The README's 'Adding a dataset' file, as printed there, trains on a folder in MSD layout."""
+    import re
+
+    from medseg.train import train
+    from tests.conftest import TINY
+
+    readme = (CONF_DIR.parent / "README.md").read_text()
+    section = readme[readme.index("### Adding a dataset"):]
+    yaml_text = re.search(r"```yaml\n(.*?)```", section, flags=re.S)[1]
+    (tmp_path / "conf" / "dataset").mkdir(parents=True)
+    (tmp_path / "conf" / "dataset" / "kidney.yaml").write_text(yaml_text)
+    shutil.copytree(synthetic_data_dir / "Task99_Synthetic", tmp_path / "data" / "Task50_Kidney")
+    cfg = compose_train([f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "dataset=kidney",
+                         f"paths.data_dir={tmp_path / 'data'}", *TINY, "trainer.steps_per_epoch=1"], tmp_path / "run")
+    assert cfg.dataset.name == "kidney" and cfg.task.builder._target_.endswith("SegmentationTask")
+    assert cfg.model._target_ == "monai.networks.nets.UNet"  # the recipe comes from the task, not the file
+    assert train(cfg)["epochs"] == 1

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from monai.apps import DecathlonDataset
 
+from medseg.core.errors import MedsegError
 from medseg.data import datalist, download
 from medseg.data.synthetic import generate_task
-from medseg.errors import MedsegError
 from tests.conftest import ROOT, SHARED_DATA
 
 
@@ -214,7 +214,7 @@ def test_medmnist_download_uses_package_info(server, tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/download_data.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "scripts/download_data.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 def test_cli_unknown_task_lists_valid_names(tmp_path):

@@ -16,9 +16,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from medseg import cv_summary
-from medseg.engine import distributed
-from medseg.engine.checkpoint import load_checkpoint
-from medseg.errors import MedsegError
+from medseg.core import distributed
+from medseg.core.checkpoint import load_checkpoint
+from medseg.core.errors import MedsegError
 from tests.conftest import CONF_DIR, ROOT, TINY
 
 
@@ -109,12 +109,12 @@ def _fake_run(folder: Path, overrides: list[str], fold: int, dice: float) -> Non
 
 def test_cv_summary_groups_a_models_by_folds_sweep_and_rejects_mixed_sweeps(tmp_path):
     for i, (model, fold, dice) in enumerate([("unet3d", 0, 0.8), ("unet3d", 1, 0.6), ("segresnet", 0, 0.9), ("segresnet", 1, 0.7)]):
-        _fake_run(tmp_path / f"{i}_{model}", [f"model={model}", "trainer=fast"], fold, dice)
+        _fake_run(tmp_path / f"{i}_{model}", [f"model={model}", "optimizer=sgd"], fold, dice)
     table = {row["setting"]: row for row in cv_summary.summarize(cv_summary.collect_runs([tmp_path]))}
     assert set(table) == {"model=unet3d", "model=segresnet"}
     assert table["model=unet3d"]["mean_dice"][0] == pytest.approx(0.7)
     assert table["model=segresnet"]["mean_dice"][1] == pytest.approx(np.std([0.9, 0.7], ddof=1))
-    _fake_run(tmp_path / "again", ["model=unet3d", "trainer=fast"], 0, 0.5)
+    _fake_run(tmp_path / "again", ["model=unet3d", "optimizer=sgd"], 0, 0.5)
     with pytest.raises(MedsegError, match="fold 0 appears twice"):
         cv_summary.summarize(cv_summary.collect_runs([tmp_path]))
     with pytest.raises(MedsegError, match="no metrics.json"):

@@ -1,11 +1,14 @@
-"""Where the deterministic preprocessing output lives: RAM, disk, or nowhere (``dataset.cache``).
+"""Where the deterministic preprocessing output lives: RAM, disk, or nowhere (the ``cache`` group).
 
-``memory``: MONAI ``CacheDataset`` (fastest; ``cache_rate`` caches a fraction). Before filling it,
+Each mode is an object chosen by ``_target_`` that knows its own up-front check, how to build its
+dataset, and whether training batches may skip MetaTensor bookkeeping:
+
+``MemoryCache``: MONAI ``CacheDataset`` (fastest; ``rate`` caches a fraction). Before filling it,
 the cache size is estimated from the image headers and refused with a one-line error when it
 would not fit in the memory this process may use.
-``disk``: MONAI ``PersistentDataset`` under ``<cache_dir>/<dataset>/<key>/``, where the key hashes
+``DiskCache``: MONAI ``PersistentDataset`` under ``<dir>/<dataset>/<key>/``, where the key hashes
 every setting that changes the cached arrays, so a config change never reads a stale cache.
-``none``: plain ``Dataset``; every step re-reads and re-preprocesses (low memory, slow).
+``NoCache``: plain ``Dataset``; every step re-reads and re-preprocesses (low memory, slow).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import monai
 import nibabel as nib
@@ -26,7 +29,7 @@ from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose
 from omegaconf import DictConfig, OmegaConf
 
-from medseg.errors import MedsegError
+from medseg.core.errors import MedsegError
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +78,22 @@ def estimate_case_bytes(case: dict[str, Any], spacing: Sequence[float], in_chann
     return int(voxels * 4 * (channels + ("label" in case)))
 
 
-def check_memory_cache_fits(cases: Sequence[dict[str, Any]], cfg: DictConfig, copies: int = 1) -> int:
+def check_memory_cache_fits(cases: Sequence[dict[str, Any]], cfg: DictConfig, rate: float = 1.0, device: str = "cpu",
+                            copies: int = 1) -> int:
     """Estimates the in-memory cache and refuses it when it would not fit.
 
     Args:
         cases: every case this process caches (training and validation).
-        cfg: the ``dataset`` config (``spacing``, ``in_channels``, ``cache_rate``).
+        cfg: the ``dataset`` config (``name``, ``spacing``, ``in_channels``).
+        rate: the fraction of cases cached.
+        device: where the cache lives (``cpu`` or a CUDA device).
         copies: processes on this machine caching a shard of the same size (DDP ranks per node).
 
     Returns:
         The estimate in bytes.
 
     Raises:
-        MedsegError: the estimate exceeds the available memory; names ``dataset.cache=disk``.
+        MedsegError: the estimate exceeds the available memory; names ``cache=disk``.
     """
     if not cases:
         return 0
@@ -96,17 +102,16 @@ def check_memory_cache_fits(cases: Sequence[dict[str, Any]], cfg: DictConfig, co
     except Exception as err:  # non-NIfTI or unreadable header: MONAI will report the file itself
         log.warning("cache size not estimated (%s: %s)", type(err).__name__, err)
         return 0
-    needed = int(sum(per_case) * float(cfg.cache_rate) * copies)
-    device = str(cfg.get("cache_device") or "cpu")
+    needed = int(sum(per_case) * float(rate) * copies)
     available = available_memory(device)
     gib = 1 << 30
     log.info("in-memory cache estimate: %.2f GiB for %d cases (%.1f GiB available)", needed / gib, len(cases), available / gib)
     if needed > 0.9 * available:
-        fit = max(0.0, 0.9 * available / needed * float(cfg.cache_rate))
+        fit = max(0.0, 0.9 * available / needed * float(rate))
         raise MedsegError(
             f"caching {len(cases)} cases of {cfg.name} in memory needs ~{needed / gib:.1f} GiB but only "
-            f"{available / gib:.1f} GiB is available{'' if device == 'cpu' else ' on ' + device}: use dataset.cache=disk (or dataset.cache_rate={fit:.2f}, "
-            "or dataset.cache=none)"
+            f"{available / gib:.1f} GiB is available{'' if device == 'cpu' else ' on ' + device}: use cache=disk (or cache.rate={fit:.2f}, "
+            "or cache=none)"
         )
     return needed
 
@@ -131,10 +136,10 @@ def hash_case(case: dict[str, Any]) -> bytes:
     return hashlib.md5(json.dumps([case, stats], sort_keys=True, default=str).encode()).hexdigest().encode()
 
 
-def disk_cache_dir(dataset_cfg: DictConfig, cached_augment: dict[str, Any]) -> Path:
-    """``<cache_dir>/<dataset name>/<key>/``, with the settings behind the key in ``settings.json``."""
+def disk_cache_dir(root: str | Path, dataset_cfg: DictConfig, cached_augment: dict[str, Any]) -> Path:
+    """``<root>/<dataset name>/<key>/``, with the settings behind the key in ``settings.json``."""
     settings = cache_settings(dataset_cfg, cached_augment)
-    folder = Path(dataset_cfg.cache_dir) / str(dataset_cfg.name) / cache_key(settings)
+    folder = Path(root) / str(dataset_cfg.name) / cache_key(settings)
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "settings.json").exists():
         tmp = folder / f".settings.{os.getpid()}.tmp"
@@ -143,30 +148,77 @@ def disk_cache_dir(dataset_cfg: DictConfig, cached_augment: dict[str, Any]) -> P
     return folder
 
 
-def _memory(cases, transform, cfg, folder):
-    return CacheDataset(cases, transform, cache_rate=cfg.cache_rate, num_workers=cfg.cache_workers,
-                        progress=sys.stderr.isatty())
+class CacheMode:
+    """What the loaders ask of a cache mode; the subclasses below are chosen by ``cache._target_``."""
+
+    name = "none"
+
+    def check(self, cases: Sequence[dict[str, Any]], dataset_cfg: DictConfig, loader_workers: int, copies: int = 1) -> None:
+        """Refuses, before any caching, a setting that cannot work; names the fix."""
+
+    def build(self, cases: Sequence[dict[str, Any]], transform: Compose, dataset_cfg: DictConfig,
+              cached_augment: dict[str, Any]) -> Dataset:
+        """The dataset of ``cases`` through ``transform``; ``cached_augment`` are the cached augment
+        entries (part of what a persistent cache is keyed by)."""
+        return Dataset(list(cases), transform)
+
+    @property
+    def meta_free_training(self) -> bool:
+        """Every training sample comes out of the cache already preprocessed, so the random
+        transforms may run without MetaTensor bookkeeping. Not so where cases are loaded and
+        resampled during training: that needs the affine the bookkeeping carries."""
+        return False
+
+    def __str__(self) -> str:
+        return self.name
 
 
-def _disk(cases, transform, cfg, folder):
-    return PersistentDataset(cases, transform, cache_dir=folder, hash_func=hash_case)
+class NoCache(CacheMode):
+    """Plain ``Dataset``: every step re-reads and re-preprocesses (little RAM and disk, slow)."""
 
 
-def _none(cases, transform, cfg, folder):
-    return Dataset(cases, transform)
+class MemoryCache(CacheMode):
+    """MONAI ``CacheDataset``, checked against the available memory first.
+
+    Args:
+        rate: fraction of cases held in memory; the rest load every time.
+        workers: threads filling the cache.
+        device: ``cpu``, or ``cuda`` for MONAI's fast-training recipe (cache and crops on the GPU).
+    """
+
+    name = "memory"
+
+    def __init__(self, rate: float = 1.0, workers: int = 2, device: str = "cpu"):
+        self.rate, self.workers, self.device = float(rate), int(workers), str(device or "cpu")
+
+    def check(self, cases, dataset_cfg, loader_workers, copies=1):
+        if self.device != "cpu" and loader_workers:
+            raise MedsegError(f"cache.device={self.device} needs dataset.num_workers=0 (loader workers cannot share GPU "
+                              "tensors); add dataset.loader._target_=monai.data.ThreadDataLoader")
+        check_memory_cache_fits(cases, dataset_cfg, self.rate, self.device, copies)
+
+    def build(self, cases, transform, dataset_cfg, cached_augment):
+        return CacheDataset(list(cases), transform, cache_rate=self.rate, num_workers=self.workers,
+                            progress=sys.stderr.isatty())
+
+    @property
+    def meta_free_training(self) -> bool:
+        return self.rate >= 1.0
 
 
-CACHE_MODES: dict[str, Callable[..., Dataset]] = {"memory": _memory, "disk": _disk, "none": _none}
+class DiskCache(CacheMode):
+    """MONAI ``PersistentDataset`` in ``<dir>/<dataset>/<key>/`` (data larger than RAM).
 
+    Args:
+        dir: root of the cache (``paths.cache_dir``: ``MEDSEG_CACHE`` or ``<data_dir>/cache``).
+    """
 
-def cached_dataset(cases: Sequence[dict[str, Any]], transform: Compose, cfg: DictConfig, folder: Path | None) -> Dataset:
-    """The dataset for ``cfg.cache`` (``memory``, ``disk`` or ``none``); ``folder`` is the disk cache."""
-    return CACHE_MODES[cfg.cache](list(cases), transform, cfg, folder)
+    name = "disk"
 
+    def __init__(self, dir: str):
+        self.root = Path(dir)
 
-def check_cache_mode(cfg: DictConfig) -> None:
-    if cfg.cache not in CACHE_MODES:
-        raise MedsegError(f"dataset.cache={cfg.cache} is not one of {', '.join(CACHE_MODES)}")
-    if str(cfg.get("cache_device") or "cpu") != "cpu" and (cfg.cache != "memory" or cfg.num_workers):
-        raise MedsegError(f"dataset.cache_device={cfg.cache_device} needs dataset.cache=memory and dataset.num_workers=0 "
-                          "(loader workers cannot share GPU tensors); add dataset.loader._target_=monai.data.ThreadDataLoader")
+    def build(self, cases, transform, dataset_cfg, cached_augment):
+        folder = disk_cache_dir(self.root, dataset_cfg, cached_augment)
+        log.info("disk cache: %s", folder)
+        return PersistentDataset(list(cases), transform, cache_dir=folder, hash_func=hash_case)

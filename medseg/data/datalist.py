@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import MedsegError
+from medseg.core.errors import MedsegError
+from medseg.core.imagefiles import case_id
 
 SPLITS_FILE = "splits.json"
 
@@ -41,14 +42,6 @@ def label_names(meta: dict[str, Any]) -> dict[int, str]:
     return {int(k): str(v).strip() for k, v in sorted(meta["labels"].items(), key=lambda kv: int(kv[0]))}
 
 
-def _case_id(path: str) -> str:
-    name = Path(path.strip()).name
-    for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def training_cases(task_dir: str | Path, meta: dict[str, Any] | None = None) -> dict[str, dict[str, str]]:
     """``{case id: {"image": abs path, "label": abs path}}`` for the labelled training cases."""
     task_dir = Path(task_dir)
@@ -57,7 +50,7 @@ def training_cases(task_dir: str | Path, meta: dict[str, Any] | None = None) -> 
     for entry in meta["training"]:
         image = (task_dir / entry["image"].strip()).resolve()
         label = (task_dir / entry["label"].strip()).resolve()
-        cases[_case_id(entry["image"])] = {"image": str(image), "label": str(label)}
+        cases[case_id(entry["image"])] = {"image": str(image), "label": str(label)}
     return cases
 
 

@@ -21,7 +21,7 @@ from monai.apps import DecathlonDataset
 from monai.apps.utils import check_hash, extractall
 from tqdm import tqdm
 
-from medseg.errors import MedsegError
+from medseg.core.errors import MedsegError
 
 log = logging.getLogger(__name__)
 

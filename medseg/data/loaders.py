@@ -1,22 +1,29 @@
-"""Datasets and loaders for a segmentation task: fold selection, caching, patch sampling."""
+"""Datasets and loaders: fold selection, caching and patch sampling for segmentation, and the one
+way every task kind turns its datasets into loaders (``dataset.loader``)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hydra.utils import instantiate
-from monai.transforms import Compose, RandomizableTrait, Transform
-from omegaconf import DictConfig, OmegaConf
+from monai.data import Dataset
+from monai.transforms import Compose
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from medseg.data import caching, datalist
-from medseg.data.transforms import augmentation, preprocessing
-from medseg.engine import distributed
-from medseg.errors import MedsegError
-from medseg.metrics.targets import ClassLabels, Regions
+from medseg.core import distributed
+from medseg.core.errors import MedsegError
+from medseg.core.targets import ClassLabels, Regions
+from medseg.data import datalist
+from medseg.data.caching import CacheMode
+from medseg.data.transforms import (
+    augmentation,
+    cached_augment_settings,
+    is_random,
+    preprocessing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +38,7 @@ class SegmentationData:
     split: dict[str, list[str]]
     task_dir: Path
     target: ClassLabels | Regions
-    # Every training sample comes out of the memory cache already preprocessed, so the random
-    # transforms may run without MetaTensor bookkeeping. Not so for disk/none/partial caches:
-    # loading and resampling there need the affine that the bookkeeping carries.
-    meta_free_training: bool = False
+    meta_free_training: bool = False  # see CacheMode.meta_free_training
 
 
 def resolve_task_dir(cfg: DictConfig) -> Path:
@@ -82,26 +86,22 @@ def select_split(cfg: DictConfig, data: datalist.Datalist) -> tuple[list[dict], 
     return [data.cases[c] for c in split["train"]], [data.cases[c] for c in split["val"]], split
 
 
-def _ends_cache(transform: Any) -> bool:
-    """MONAI's rule (CacheDataset, PersistentDataset): caching stops at the first random or
-    non-``Transform`` step of a chain."""
-    return isinstance(transform, RandomizableTrait) or not isinstance(transform, Transform)
+def make_loaders(cfg: DictConfig, train: Dataset, val: Dataset, test: Dataset | None = None,
+                 val_batch_size: int | None = None) -> tuple[DataLoader, DataLoader, DataLoader | None]:
+    """Loaders for every task kind, all built by ``dataset.loader`` (``_target_``, partial).
+
+    Training batches are shuffled; validation and test keep their order.
+    """
+    loader = instantiate(cfg.loader)
+    eval_batch = val_batch_size or cfg.batch_size
+    return (loader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=False),
+            loader(val, batch_size=eval_batch, shuffle=False),
+            loader(test, batch_size=eval_batch, shuffle=False) if test is not None else None)
 
 
-def _cached_steps(chain: Compose) -> int:
-    """How many leading steps of ``chain`` a cache stores."""
-    first = chain.get_index_of_first(_ends_cache)
-    return len(chain.transforms) if first is None else first
-
-
-def cached_augment_entries(augment: DictConfig | None, chain: Compose) -> dict[str, Any]:
-    """The leading deterministic entries of the ``augment`` config: the cache stores their output."""
-    names = [name for name, t in (augment or {}).items() if t is not None]
-    return {name: OmegaConf.to_container(augment[name], resolve=True) for name in names[: _cached_steps(chain)]}
-
-
-def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, seed: int = 0) -> SegmentationData:
-    """Builds train/val datasets for fold ``cfg.fold`` of the saved split, cached as ``cfg.cache`` says.
+def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, cache: CacheMode,
+                            seed: int = 0) -> SegmentationData:
+    """Builds train/val loaders for fold ``cfg.fold`` of the saved split, cached as ``cache`` says.
 
     Under torchrun each process caches only its shard of the cases (MONAI's sharded-caching
     recipe): training shards are padded to equal length so all ranks step together; validation
@@ -109,10 +109,11 @@ def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, seed: i
 
     Args:
         cfg: the ``dataset`` config.
-        augment: the ``augment`` config (random patch transforms, applied after the cache).
+        augment: the ``augment`` config: ``cached`` entries are stored with the preprocessing,
+            ``random`` ones run on every sample.
+        cache: where the preprocessed cases live (the ``cache`` group).
         seed: seeds the random transforms (offset by the rank, so ranks draw different patches).
     """
-    caching.check_cache_mode(cfg)
     with distributed.main_process_first():  # rank 0 generates data and writes splits.json first
         task_dir = resolve_task_dir(cfg)
         data: datalist.Datalist = instantiate(cfg.source)
@@ -122,25 +123,19 @@ def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, seed: i
         train_cases, val_cases = train_cases[: cfg.max_cases], val_cases[: max(1, cfg.max_cases // 4)]
     train_cases, val_cases = distributed.shard(train_cases, even=True), distributed.shard(val_cases, even=False)
     deterministic = preprocessing(cfg)
-    random_chain = augmentation(augment)
-    # The cache holds the output of the leading deterministic transforms, up to the first random one.
-    train_chain = Compose([*deterministic.transforms, *random_chain.transforms])
+    cached_augment, random_augment = augmentation(augment)
+    train_chain = Compose([*deterministic.transforms, *cached_augment.transforms, *random_augment.transforms])
     train_chain.set_random_state(seed + distributed.rank())
-    train_folder = val_folder = None
-    if cfg.cache == "memory":
-        caching.check_memory_cache_fits([*train_cases, *val_cases], cfg, copies=distributed.local_world_size())
-    elif cfg.cache == "disk":  # the chains differ (crop indices for training), so do their folders
-        train_folder = caching.disk_cache_dir(cfg, cached_augment_entries(augment, random_chain))
-        val_folder = caching.disk_cache_dir(cfg, {})
-        log.info("disk cache: %s (training), %s (validation)", train_folder, val_folder)
-    train_ds = caching.cached_dataset(train_cases, train_chain, cfg, train_folder)
-    val_ds = caching.cached_dataset(val_cases, deterministic, cfg, val_folder)
-    loader = instantiate(cfg.loader)
-    train_loader = loader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=False)
-    val_loader = loader(val_ds, batch_size=1, shuffle=False)
+    cache_ends = train_chain.get_index_of_first(is_random)
+    if cache_ends is not None and cache_ends < len(deterministic.transforms) + len(cached_augment.transforms):
+        step = train_chain.transforms[cache_ends]
+        raise MedsegError(f"{type(step).__name__} in the dataset's preprocessing is random or not a MONAI transform; "
+                          "preprocessing is cached and must be deterministic: move it to augment.random")
+    cache.check([*train_cases, *val_cases], cfg, loader_workers=int(cfg.num_workers), copies=distributed.local_world_size())
+    train_ds = cache.build(train_cases, train_chain, cfg, cached_augment_settings(augment))
+    val_ds = cache.build(val_cases, deterministic, cfg, {})
+    train_loader, val_loader, _ = make_loaders(cfg, train_ds, val_ds, val_batch_size=1)
     log.info("fold %s: %d training / %d validation cases from %s (cache=%s)", cfg.fold, len(train_ds), len(val_ds),
-             task_dir, cfg.cache)
-    fully_cached = (cfg.cache == "memory" and float(cfg.cache_rate) >= 1.0
-                    and _cached_steps(train_chain) >= len(deterministic.transforms))
+             task_dir, cache)
     return SegmentationData(train_loader, val_loader, data.label_names, split, task_dir, instantiate(cfg.target),
-                            meta_free_training=fully_cached)
+                            meta_free_training=cache.meta_free_training)

@@ -9,8 +9,8 @@ import torch
 from monai.data import Dataset
 from monai.transforms import Compose
 
+from medseg.core.errors import MedsegError
 from medseg.data.download import medmnist_filename
-from medseg.errors import MedsegError
 
 
 def npz_path(data_dir: str | Path, flag: str, size: int) -> Path:

@@ -11,7 +11,9 @@ from typing import Any, Sequence
 import torch
 from hydra.utils import instantiate
 from monai import transforms as mt
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from medseg.core.errors import MedsegError
 
 
 def is_nonzero(x: torch.Tensor) -> torch.Tensor:
@@ -52,9 +54,32 @@ def preprocessing(
     return mt.Compose(chain)
 
 
-def augmentation(cfg: DictConfig | None) -> mt.Compose:
-    """Random chain from the ``augment`` config: a mapping of named transforms applied in order.
+def is_random(transform: Any) -> bool:
+    """MONAI's cache rule (CacheDataset, PersistentDataset): caching stops at the first random or
+    non-``Transform`` step of a chain."""
+    return isinstance(transform, mt.RandomizableTrait) or not isinstance(transform, mt.Transform)
 
-    A named entry set to null is skipped, so ``augment.rot90=null`` switches one off.
+
+def augmentation(cfg: DictConfig | None) -> tuple[mt.Compose, mt.Compose]:
+    """The ``augment`` config as two chains: ``cached`` (deterministic, stored with the
+    preprocessing) and ``random`` (run on every sample), each a mapping of named transforms.
+
+    A named entry set to null is skipped, so ``augment.random.rot90=null`` switches one off.
+
+    Raises:
+        MedsegError: a ``cached`` entry is random; caching it would freeze one draw for ever.
     """
-    return mt.Compose([instantiate(t) for t in (cfg or {}).values() if t is not None])
+    cfg = cfg or {}
+    cached = {name: instantiate(t) for name, t in (cfg.get("cached") or {}).items() if t is not None}
+    for name, transform in cached.items():
+        if is_random(transform):
+            raise MedsegError(f"augment.cached.{name} ({type(transform).__name__}) is random or not a MONAI transform: "
+                              f"move it to augment.random (cached steps run once per case)")
+    random = [instantiate(t) for t in (cfg.get("random") or {}).values() if t is not None]
+    return mt.Compose(list(cached.values())), mt.Compose(random)
+
+
+def cached_augment_settings(cfg: DictConfig | None) -> dict[str, Any]:
+    """The cached augment entries as plain data: part of what a disk cache is keyed by."""
+    cached = (cfg or {}).get("cached") or {}
+    return {name: OmegaConf.to_container(t, resolve=True) for name, t in cached.items() if t is not None}

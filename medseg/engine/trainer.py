@@ -13,7 +13,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import torch
 from monai.data import set_track_meta
@@ -21,13 +21,10 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from medseg.engine import distributed
-from medseg.engine.checkpoint import load_checkpoint, save_checkpoint
-from medseg.inference.sliding_window import autocast_context
-from medseg.utils import channels_last
-
-if TYPE_CHECKING:
-    from medseg.tasks import TaskData
+from medseg.core import distributed
+from medseg.core.checkpoint import load_checkpoint, save_checkpoint
+from medseg.core.utils import autocast_context, channels_last
+from medseg.engine.protocols import TrainingData
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +51,7 @@ class Trainer:
         run_dir: Hydra run folder; receives ``checkpoints/`` and ``tensorboard/``.
         config: the resolved run config as a plain dict, stored in every checkpoint.
         device: where training runs.
+        clock: seconds on a monotonic clock; the time budget follows it (tests inject a fake one).
     """
 
     def __init__(
@@ -63,10 +61,11 @@ class Trainer:
         loss_fn: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-        data: TaskData,
+        data: TrainingData,
         run_dir: Path,
         config: dict[str, Any],
         device: torch.device,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.cfg = cfg
         self.net = model.to(device)  # the bare network: checkpoints, validation
@@ -84,6 +83,7 @@ class Trainer:
         self.run_dir = run_dir
         self.config = config
         self.device = device
+        self.clock = clock
         self.amp = bool(cfg.amp) and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.ckpt_dir = run_dir / "checkpoints"
@@ -159,7 +159,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             with autocast_context(self.device, self.amp):
                 outputs = self.model(image)
-                loss = self.loss_fn(self.validator.loss_inputs(outputs, label), label)
+                loss = self.loss_fn(outputs, label)
             self.scaler.scale(loss).backward()
             if self.cfg.grad_clip:
                 self.scaler.unscale_(self.optimizer)
@@ -170,7 +170,7 @@ class Trainer:
             count += 1
             self.global_step += 1
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            if deadline is not None and distributed.any_rank(time.monotonic() > deadline):
+            if deadline is not None and distributed.any_rank(self.clock() > deadline):
                 out_of_time = True
                 break
             if self.cfg.steps_per_epoch and count >= self.cfg.steps_per_epoch:
@@ -186,20 +186,20 @@ class Trainer:
         """Trains to the end (or budget) and returns ``{"best": ..., "last": ...}`` validation results."""
         writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard")) if distributed.is_main() else _NoWriter()
         budget = self.cfg.max_minutes * 60 if self.cfg.max_minutes is not None else math.inf
-        session_start, session_elapsed0 = time.monotonic(), self.elapsed
+        session_start, session_elapsed0 = self.clock(), self.elapsed
         deadline = None if math.isinf(budget) else session_start + max(budget - self.elapsed, 0.0)
-        out_of_time = deadline is not None and time.monotonic() >= deadline
+        out_of_time = deadline is not None and self.clock() >= deadline
         while self.epoch < self.cfg.max_epochs and not out_of_time:
-            t0 = time.monotonic()
+            t0 = self.clock()
             mean_loss, out_of_time = self.train_epoch(deadline)
             self.epoch += 1
             lr = self.optimizer.param_groups[0]["lr"]
-            self.elapsed = distributed.from_main(session_elapsed0 + time.monotonic() - session_start)
+            self.elapsed = distributed.from_main(session_elapsed0 + self.clock() - session_start)
             self._advance_schedule(budget)
             writer.add_scalar("train/loss", mean_loss, self.epoch)
             writer.add_scalar("train/lr", lr, self.epoch)
             log.info("epoch %d/%d  loss %.4f  lr %.2e  %.1fs", self.epoch, self.cfg.max_epochs, mean_loss, lr,
-                     time.monotonic() - t0)
+                     self.clock() - t0)
             if out_of_time:
                 log.info("time budget of %s min reached: validating and stopping", self.cfg.max_minutes)
             if out_of_time or self.epoch % self.cfg.val_every == 0 or self.epoch == self.cfg.max_epochs:

@@ -5,19 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from medseg.errors import MedsegError
+from medseg.core.errors import MedsegError
+from medseg.core.imagefiles import IMAGE_SUFFIXES, case_id
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net style case_0000.nii.gz
-
-
-def case_id(path: str | Path) -> str:
-    """File name without its image suffix (``liver_3.nii.gz`` -> ``liver_3``); folder name for DICOM."""
-    name = Path(path).name
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def is_dicom_dir(path: Path) -> bool:

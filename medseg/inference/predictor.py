@@ -20,11 +20,11 @@ from monai.data import MetaTensor
 from monai.transforms import Invertd, KeepLargestConnectedComponent
 from omegaconf import DictConfig, OmegaConf
 
+from medseg.core.checkpoint import load_checkpoint
+from medseg.core.errors import MedsegError
+from medseg.core.utils import channels_last
 from medseg.data.transforms import preprocessing
-from medseg.engine.checkpoint import load_checkpoint
-from medseg.errors import MedsegError
 from medseg.inference.sliding_window import predict_probabilities
-from medseg.utils import channels_last
 
 
 @dataclass

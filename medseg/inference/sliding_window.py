@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from contextlib import nullcontext
 from typing import Sequence
 
 import torch
 from monai.inferers import Inferer
 
-
-def autocast_context(device: torch.device, enabled: bool):
-    """Mixed precision on CUDA only: CPU autocast gains nothing for these 3D convolutions."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return nullcontext()
+from medseg.core.utils import autocast_context
 
 
 @torch.inference_mode()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from monai.metrics import DiceMetric
 
-from medseg.engine import distributed
+from medseg.core import distributed
 
 
 class PerClassDice:

@@ -1,6 +1,8 @@
-"""Small helpers shared by the entry points."""
+"""Small torch helpers used across the package: seeding, device choice, memory format, autocast."""
 
 from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from monai.utils import set_determinism
@@ -33,3 +35,10 @@ def channels_last(model: torch.nn.Module) -> torch.memory_format | None:
             model.to(memory_format=fmt)
             return fmt
     return None
+
+
+def autocast_context(device: torch.device, enabled: bool) -> AbstractContextManager:
+    """Mixed precision on CUDA only: CPU autocast gains nothing for these 3D convolutions."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return nullcontext()

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from medseg.errors import MedsegError
+from medseg.core.errors import MedsegError
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

@@ -18,7 +18,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from medseg.utils import select_device
+from medseg.core.utils import select_device
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,20 @@
+"""How image files are named: the suffixes medseg reads and the case id a file name stands for.
+
+Shared by the datalists, input discovery for prediction and evaluation, so a case is called the
+same everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+def case_id(path: str | Path) -> str:
+    """File name without its image suffix (``liver_3.nii.gz`` -> ``liver_3``); folder name for DICOM."""
+    name = Path(str(path).strip()).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name

@@ -1,0 +1,122 @@
+"""Scoring a folder of predicted label maps against a folder of references, case by case.
+
+Pairs files by case name, loads each pair, checks that they share a grid, and scores every
+structure with :func:`medseg.metrics.surface.mask_metrics`. Nothing here writes files or prints:
+``medseg.evaluate`` hands the result to :mod:`medseg.metrics.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from medseg.core.errors import MedsegError
+from medseg.core.imagefiles import IMAGE_SUFFIXES, case_id
+from medseg.data.datalist import label_names as names_from_meta
+from medseg.metrics.surface import mask_metrics
+
+Structures = dict[str, list[int]]  # structure name -> label values that make it up (several for regions)
+
+
+@dataclass
+class Scores:
+    """Per-case, per-structure metrics of one evaluation."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)  # {"case", "class", dice, hd95, asd, nsd}
+    structures: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # "file: reason": left out, exit code 1
+    notes: list[str] = field(default_factory=list)  # worth a look, not an error
+
+    @property
+    def cases(self) -> int:
+        return len({r["case"] for r in self.rows})
+
+
+def label_files(folder: Path) -> dict[str, Path]:
+    """``{case id: file}`` of the label maps in ``folder`` (probability maps and hidden files skipped)."""
+    if not folder.is_dir():
+        raise MedsegError(f"{folder} is not a folder of label maps")
+    return {case_id(p): p for p in sorted(folder.iterdir())
+            if p.name.endswith(IMAGE_SUFFIXES) and not p.name.startswith(".") and not case_id(p).endswith("_probabilities")}
+
+
+def declared_structures(regions: Mapping[Any, Any] | None, labels: Mapping[Any, Any] | None, ref_dir: Path) -> Structures | None:
+    """The structures the user named (``regions=``, ``labels=``) or ``dataset.json`` beside the
+    references lists; None when nothing declares them (then the label values found are scored)."""
+    if regions:
+        return {str(k): [int(v) for v in vs] for k, vs in regions.items()}
+    if labels:
+        return {str(v): [int(k)] for k, v in labels.items() if int(k) != 0}
+    meta_path = ref_dir.parent / "dataset.json"
+    if meta_path.is_file():
+        names = names_from_meta(json.loads(meta_path.read_text()))
+        return {v: [k] for k, v in names.items() if k != 0}
+    return None
+
+
+def score_folders(
+    pred_dir: Path,
+    ref_dir: Path,
+    structures: Structures | None = None,
+    nsd_tolerance_mm: float = 1.0,
+    on_case: Callable[[str, nib.Nifti1Image, nib.Nifti1Image], None] | None = None,
+) -> Scores:
+    """Scores every case present in both folders.
+
+    Args:
+        structures: what to score; None scores every nonzero label value found in *any* reference
+            or prediction (``label_<v>``): a class missing from some cases is scored on all of them,
+            and a value found only in predictions is scored and noted.
+        on_case: called with ``(case, prediction image, reference image)`` for each scored case
+            (pictures).
+    """
+    preds, refs = label_files(pred_dir), label_files(ref_dir)
+    scores = Scores()
+    scores.problems += [f"{refs[c]}: no prediction {pred_dir / (c + '.nii.gz')}" for c in sorted(set(refs) - set(preds))]
+    scores.problems += [f"{preds[c]}: no reference in {ref_dir}" for c in sorted(set(preds) - set(refs))]
+    found: dict[str, set[int]] = {"ref": set(), "pred": set()}
+    per_case: dict[str, dict[int, dict[str, float]]] = {}
+    for case in tqdm(sorted(set(preds) & set(refs)), desc="evaluate", unit="case", disable=not sys.stderr.isatty()):
+        try:
+            ref_img, pred_img = nib.load(str(refs[case])), nib.load(str(preds[case]))
+            ref = np.asarray(ref_img.dataobj).astype(np.int64)
+            pred = np.asarray(pred_img.dataobj).astype(np.int64)
+        except Exception as err:
+            scores.problems.append(f"{case}: unreadable ({type(err).__name__}: {str(err)[:100]})")
+            continue
+        if ref.shape != pred.shape or not np.allclose(ref_img.affine, pred_img.affine, atol=1e-3):
+            scores.problems.append(f"{preds[case]}: geometry differs from {refs[case]} (shape {pred.shape} vs {ref.shape} "
+                                   "or affine); predict in the reference's space")
+            continue
+        spacing = ref_img.header.get_zooms()[:3]
+        if structures is not None:
+            for name, values in structures.items():
+                scores.rows.append({"case": case, "class": name, **mask_metrics(
+                    np.isin(pred, values), np.isin(ref, values), spacing, nsd_tolerance_mm)})
+        else:
+            in_ref, in_pred = set(np.unique(ref).tolist()) - {0}, set(np.unique(pred).tolist()) - {0}
+            found["ref"] |= in_ref
+            found["pred"] |= in_pred
+            per_case[case] = {v: mask_metrics(pred == v, ref == v, spacing, nsd_tolerance_mm) for v in sorted(in_ref | in_pred)}
+        if on_case is not None:
+            on_case(case, pred_img, ref_img)
+    if structures is None:
+        values = sorted(found["ref"] | found["pred"])
+        both_empty = mask_metrics(np.zeros(1, bool), np.zeros(1, bool), (1.0,))
+        scores.rows = [{"case": case, "class": f"label_{v}", **metrics.get(v, both_empty)}
+                       for case, metrics in per_case.items() for v in values]
+        scores.structures = [f"label_{v}" for v in values]
+        only_pred = sorted(found["pred"] - found["ref"])
+        if only_pred:
+            scores.notes.append(f"label value(s) {only_pred} appear only in predictions, in no reference of {ref_dir}: "
+                                "scored (Dice 0 where predicted); pass labels= or regions= if that is not intended")
+    else:
+        scores.structures = list(structures)
+    return scores
