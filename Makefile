@@ -18,7 +18,7 @@ CV_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
 CV_DIR ?= outputs/cv/$(CV_STAMP)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test train cv download predict evaluate bench bench-large clean
+.PHONY: help install demo test test-busy train cv download predict evaluate bench bench-large clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ cv: install ## cross-validate: make cv ARGS="dataset=msd/spleen" [FOLDS=0,1,2,3,
 
 test: install ## run the test suite (slow end-to-end tests included)
 	$(PY) -m pytest -q $(ARGS)
+
+test-busy: install ## the test suite with a busy PyTorch neighbour process beside it (CI machines are sometimes busy)
+	$(PY) -m benchmarks.busy_neighbour --seconds 3600 & hog=$$!; \
+	$(PY) -m pytest -q $(ARGS); rc=$$?; kill $$hog 2>/dev/null; wait $$hog 2>/dev/null; exit $$rc
 
 download: install ## fetch a dataset: make download TASK=spleen | make download DATASET=medmnist TASK=pathmnist
 	$(PY) scripts/download_data.py --dataset $(DATASET) --task $(TASK) --output $(DATA) $(ARGS)
