@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from medseg.core.errors import MedsegError, exit_on_user_error
+from medseg.core.folders import ensure_writable
 
 
 def _overrides(run_dir: Path) -> list[str]:
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folders", nargs="+", type=Path, help="sweep folder(s) holding the fold runs")
     args = parser.parse_args(argv)
     table = summarize(collect_runs(args.folders))
+    ensure_writable(args.folders[0], "copy the sweep folder somewhere writable")
     write(table, args.folders[0])
     sys.stdout.write(to_markdown(table))
     print(f"written: {args.folders[0] / 'cv_summary.csv'}, {args.folders[0] / 'cv_summary.md'}")

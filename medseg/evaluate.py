@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from medseg.core.config import CONF_DIR
 from medseg.core.errors import exit_on_user_error
+from medseg.core.folders import ensure_writable
 from medseg.core.visualize import save_overlay_png
 from medseg.metrics import report
 from medseg.metrics.scoring import declared_structures, score_folders
@@ -58,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ``{"rows": per case and class, "summary": per class, "problems": ["case: reason", ...], "notes": [...]}``.
     """
     pred_dir, ref_dir, output = Path(cfg.pred), Path(cfg.ref), Path(cfg.output)
-    output.mkdir(parents=True, exist_ok=True)
+    ensure_writable(output, "choose another output=")
     structures = declared_structures(cfg.get("regions"), cfg.get("labels"), ref_dir)
     draw = _overlay_writer(output, Path(cfg.images) if cfg.images else None) if cfg.overlays else None
     scores = score_folders(pred_dir, ref_dir, structures, cfg.nsd_tolerance_mm, on_case=draw)

@@ -17,22 +17,13 @@ from tqdm import tqdm
 
 from medseg.core.config import CONF_DIR
 from medseg.core.errors import MedsegError, exit_on_user_error
+from medseg.core.folders import ensure_writable
 from medseg.core.utils import select_device
 from medseg.core.visualize import save_overlay_png
 from medseg.inference.cases import discover_cases
 from medseg.inference.predictor import Predictor, save_nifti
 
 log = logging.getLogger("medseg.predict")
-
-
-def _writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".medseg_write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise MedsegError(f"output folder {folder} is not writable ({err.strerror}); choose another output=") from err
 
 
 def expand_checkpoints(entries: list[str]) -> list[str]:
@@ -47,6 +38,34 @@ def expand_checkpoints(entries: list[str]) -> list[str]:
     return ckpts
 
 
+def refuse_overwriting_inputs(source: str | Path, output: Path) -> None:
+    """Outputs never replace inputs: the output folder may not be, or contain, the folder of the scans.
+
+    Raises:
+        MedsegError: before any model is loaded or anything written; names the fix.
+    """
+    source = Path(source).resolve()
+    scans = source.parent if source.is_file() else source
+    out = output.resolve()
+    if out == scans or out in scans.parents:
+        raise MedsegError(f"output={output} is or contains the input folder {scans}: predictions could overwrite or mix "
+                          "with the scans; choose an output folder outside the input")
+
+
+def _predict_case(predictor: Predictor, case: str, image: str | list[str], output: Path, cfg: DictConfig) -> Path:
+    """Predicts and writes one case (labels, optional probabilities and overlay); returns the label file."""
+    result = predictor(image, with_probabilities=cfg.save_probabilities)
+    path = output / f"{case}.nii.gz"
+    save_nifti(result.labels, result.affine, path)
+    if result.probabilities is not None:
+        save_nifti(result.probabilities, result.affine, output / f"{case}_probabilities.nii.gz")
+    if cfg.save_overlays:
+        (output / "overlays").mkdir(exist_ok=True)
+        save_overlay_png(output / "overlays" / f"{case}.png", result.preview["image"], result.preview["pred"], title=case)
+    log.info("%s -> %s", image, path)
+    return path
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predicts every case under ``cfg.input``.
 
@@ -54,7 +73,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         ``{"written": [paths], "failed": ["file: reason", ...]}``.
     """
     output = Path(cfg.output)
-    _writable(output)
+    refuse_overwriting_inputs(cfg.input, output)
+    ensure_writable(output, "choose another output=")
     ckpts = expand_checkpoints([cfg.ckpt] if isinstance(cfg.ckpt, str) else list(cfg.ckpt))
     log.info("%d checkpoint(s): %s", len(ckpts), ", ".join(ckpts))
     predictor = Predictor(
@@ -67,20 +87,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     written = []
     for case, image in tqdm(cases.items(), desc="predict", unit="case", disable=not sys.stderr.isatty()):
         try:
-            result = predictor(image, with_probabilities=cfg.save_probabilities)
-        except MedsegError as err:
-            print(f"error: {err}", file=sys.stderr)
-            failed.append(str(err))
-            continue
-        path = output / f"{case}.nii.gz"
-        save_nifti(result.labels, result.affine, path)
-        if result.probabilities is not None:
-            save_nifti(result.probabilities, result.affine, output / f"{case}_probabilities.nii.gz")
-        if cfg.save_overlays:
-            (output / "overlays").mkdir(exist_ok=True)
-            save_overlay_png(output / "overlays" / f"{case}.png", result.preview["image"], result.preview["pred"], title=case)
-        written.append(str(path))
-        log.info("%s -> %s", image, path)
+            written.append(str(_predict_case(predictor, case, image, output, cfg)))
+        except Exception as err:  # one bad case never stops the others; each failure is named
+            name = image if isinstance(image, str) else image[0]
+            message = str(err) if isinstance(err, MedsegError) else f"{name}: prediction failed ({type(err).__name__}: {str(err)[:160]})"
+            print(f"error: {message}", file=sys.stderr)
+            failed.append(message)
     print(f"predicted {len(written)} case(s) into {output}" + (f"; {len(failed)} failed" if failed else ""))
     return {"written": written, "failed": failed}
 

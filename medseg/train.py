@@ -20,6 +20,8 @@ from medseg.core import distributed
 from medseg.core.config import CONF_DIR
 from medseg.core.errors import exit_on_user_error
 from medseg.core.utils import seed_everything
+from medseg.engine.config_check import check_train_config
+from medseg.engine.run_folder import prepare_run_folder
 from medseg.engine.trainer import Trainer
 
 log = logging.getLogger("medseg.train")
@@ -38,10 +40,13 @@ def train(cfg: DictConfig, clock: Callable[[], float] = time.monotonic) -> dict[
     Returns:
         ``{"best": {"epoch", "metrics"}, "last": {...}, "epochs", "train_minutes"}``.
     """
+    check_train_config(cfg)
     device = distributed.setup(cfg.trainer.device)
     seed_everything(cfg.seed, cfg.trainer.deterministic)  # same seed on all ranks: same initial weights
     run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        prepare_run_folder(run_dir, cfg.trainer.resume)
+    distributed.barrier()
 
     data = instantiate(cfg.task.builder).build(cfg)
     if distributed.is_main():

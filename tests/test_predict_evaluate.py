@@ -165,7 +165,7 @@ def test_bad_inputs_each_give_one_line_naming_the_file(trained, synthetic_data_d
     finally:
         os.chmod(locked, 0o700)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert f"output folder {target} is not writable" in proc.stderr
+    assert f"{target} is not writable" in proc.stderr
 
 
 # --- evaluate ------------------------------------------------------------------------------------

@@ -24,13 +24,28 @@ def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except MedsegError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except Exception as err:
+            user_error = user_error_in(err)
+            if user_error is None:
+                raise
+            print(f"error: {user_error}", file=sys.stderr)
             if _in_multirun():
                 raise
             sys.exit(2)
 
     return wrapper
+
+
+def user_error_in(err: BaseException) -> MedsegError | None:
+    """The :class:`MedsegError` behind ``err``, if any: Hydra's ``instantiate`` wraps what a
+    ``_target_`` raises (a datalist reading a broken ``dataset.json``) in its own exception."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, MedsegError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _in_multirun() -> bool:

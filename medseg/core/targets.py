@@ -43,6 +43,10 @@ class ClassLabels:
     def scored_names(self, label_names: dict[int, str]) -> list[str]:
         return [label_names[i] for i in sorted(label_names) if i != 0]
 
+    def file_label_values(self, label_names: dict[int, str]) -> set[int] | None:
+        """Values a label file may hold: the class indices, background included."""
+        return set(label_names)
+
 
 class Regions:
     """Overlapping regions; the (converted) label already has one binary channel per region.
@@ -84,3 +88,7 @@ class Regions:
 
     def scored_names(self, label_names: dict[int, str]) -> list[str]:
         return [label_names[i] for i in sorted(label_names)]
+
+    def file_label_values(self, label_names: dict[int, str]) -> set[int] | None:
+        """Values a label file may hold before its conversion to regions (None: not known)."""
+        return {0, *self.label_values} if self.label_values is not None else None

@@ -22,6 +22,7 @@ from monai.apps.utils import check_hash, extractall
 from tqdm import tqdm
 
 from medseg.core.errors import MedsegError
+from medseg.core.folders import ensure_writable
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def download(url: str, dest: Path, md5: str | None, progress: bool | None = None
     Raises:
         MedsegError: network failure (the partial file is kept) or MD5 mismatch.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable(dest.parent, "choose another --output")
     if dest.is_file():
         return dest
     partial = dest.with_name(dest.name + ".partial")

@@ -18,6 +18,7 @@ from medseg.core.errors import MedsegError
 from medseg.core.targets import ClassLabels, Regions
 from medseg.data import datalist
 from medseg.data.caching import CacheMode
+from medseg.data.integrity import check_cases
 from medseg.data.transforms import (
     augmentation,
     cached_augment_settings,
@@ -76,14 +77,17 @@ def _check(cfg: DictConfig, data: datalist.Datalist) -> None:
 
 def select_split(cfg: DictConfig, data: datalist.Datalist) -> tuple[list[dict], list[dict], dict[str, list[str]]]:
     """Train and validation cases of fold ``cfg.fold`` (or the official validation set)."""
+    def named(cases: dict[str, dict], ids: list[str]) -> list[dict]:  # the id travels with the case (error messages)
+        return [{**cases[c], "case": c} for c in ids]
+
     if data.fixed_val is not None:
         split = {"train": sorted(data.cases), "val": sorted(data.fixed_val)}
-        return [data.cases[c] for c in split["train"]], [data.fixed_val[c] for c in split["val"]], split
+        return named(data.cases, split["train"]), named(data.fixed_val, split["val"]), split
     folds = datalist.load_or_create_splits(data.root, list(data.cases), cfg.num_folds, cfg.split_seed)
     if not 0 <= cfg.fold < len(folds):
         raise MedsegError(f"dataset.fold={cfg.fold} but {data.root / datalist.SPLITS_FILE} has {len(folds)} folds")
     split = folds[cfg.fold]
-    return [data.cases[c] for c in split["train"]], [data.cases[c] for c in split["val"]], split
+    return named(data.cases, split["train"]), named(data.cases, split["val"]), split
 
 
 def make_loaders(cfg: DictConfig, train: Dataset, val: Dataset, test: Dataset | None = None,
@@ -100,7 +104,7 @@ def make_loaders(cfg: DictConfig, train: Dataset, val: Dataset, test: Dataset | 
 
 
 def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, cache: CacheMode,
-                            seed: int = 0) -> SegmentationData:
+                            seed: int = 0, check_dir: str | Path | None = None) -> SegmentationData:
     """Builds train/val loaders for fold ``cfg.fold`` of the saved split, cached as ``cache`` says.
 
     Under torchrun each process caches only its shard of the cases (MONAI's sharded-caching
@@ -113,6 +117,8 @@ def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, cache: 
             ``random`` ones run on every sample.
         cache: where the preprocessed cases live (the ``cache`` group).
         seed: seeds the random transforms (offset by the rank, so ranks draw different patches).
+        check_dir: where a clean integrity check is remembered (``dataset.check`` reads every
+            case once before anything is cached).
     """
     with distributed.main_process_first():  # rank 0 generates data and writes splits.json first
         task_dir = resolve_task_dir(cfg)
@@ -122,6 +128,10 @@ def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, cache: 
     if cfg.get("max_cases"):  # quick experiments on a subset; the saved split is unchanged
         train_cases, val_cases = train_cases[: cfg.max_cases], val_cases[: max(1, cfg.max_cases // 4)]
     train_cases, val_cases = distributed.shard(train_cases, even=True), distributed.shard(val_cases, even=False)
+    target = instantiate(cfg.target)
+    if cfg.get("check", True):
+        check_cases([*train_cases, *val_cases], int(cfg.in_channels), target.file_label_values(data.label_names),
+                    record_dir=Path(check_dir) / "integrity" if check_dir else None)
     deterministic = preprocessing(cfg)
     cached_augment, random_augment = augmentation(augment)
     train_chain = Compose([*deterministic.transforms, *cached_augment.transforms, *random_augment.transforms])
@@ -137,5 +147,5 @@ def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, cache: 
     train_loader, val_loader, _ = make_loaders(cfg, train_ds, val_ds, val_batch_size=1)
     log.info("fold %s: %d training / %d validation cases from %s (cache=%s)", cfg.fold, len(train_ds), len(val_ds),
              task_dir, cache)
-    return SegmentationData(train_loader, val_loader, data.label_names, split, task_dir, instantiate(cfg.target),
+    return SegmentationData(train_loader, val_loader, data.label_names, split, task_dir, target,
                             meta_free_training=cache.meta_free_training)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from medseg.core import distributed
 from medseg.core.checkpoint import load_checkpoint, save_checkpoint
+from medseg.core.errors import MedsegError
 from medseg.core.utils import autocast_context, channels_last
 from medseg.engine.protocols import TrainingData
 
@@ -132,7 +133,14 @@ class Trainer:
         if source == "auto" and not path.is_file():
             log.info("resume=auto: no %s yet, starting from scratch", path)
             return
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        state = load_checkpoint(path, map_location=self.device)
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as err:  # another network, optimiser or task
+            trained = state.get("config", {}).get("model", {}).get("_target_", "another network")
+            raise MedsegError(f"{path} was trained with {trained} and does not fit this run's "
+                              f"{type(self.net).__name__} ({type(err).__name__}); resume with the same model settings, "
+                              "or start a new run") from err
         log.info("resumed from %s at epoch %d", path, self.epoch)
 
     # -- steps -------------------------------------------------------------------------------
@@ -160,6 +168,8 @@ class Trainer:
             with autocast_context(self.device, self.amp):
                 outputs = self.model(image)
                 loss = self.loss_fn(outputs, label)
+            if distributed.any_rank(not bool(torch.isfinite(loss))):
+                self._stop_on_non_finite_loss(loss, batch)
             self.scaler.scale(loss).backward()
             if self.cfg.grad_clip:
                 self.scaler.unscale_(self.optimizer)
@@ -259,8 +269,27 @@ class Trainer:
         if improved:
             self._save("best.pt")
 
+    def _stop_on_non_finite_loss(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
+        """A NaN/Inf loss would turn every weight into NaN within a step: stop now, name the cases,
+        keep the checkpoints written so far."""
+        cases = list(dict.fromkeys(batch.get("case") or []))  # patches of one volume share its id
+        last = self.ckpt_dir / "last.pt"
+        kept = f"the last good checkpoint {last} (epoch {self.epoch}) is kept" if last.is_file() else "no checkpoint was written"
+        raise MedsegError(
+            f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.global_step + 1}, on a batch of "
+            f"{', '.join(map(str, cases)) or 'unnamed cases'}: look for NaN/Inf voxels in those images (or lower "
+            f"optimizer.lr); {kept}")
+
     def _save(self, name: str) -> None:
-        """Rank 0 writes the checkpoint; the others wait, so a following read sees it."""
+        """Rank 0 writes the checkpoint; the others wait, so a following read sees it.
+
+        Raises:
+            MedsegError: a weight is not finite; such a model is never saved.
+        """
+        bad = [n for n, p in self.net.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+        if bad:
+            raise MedsegError(f"the network's weights became non-finite ({bad[0]}, {len(bad)} tensors) at epoch "
+                              f"{self.epoch}; {name} was not written. Lower optimizer.lr or check the data for NaN/Inf")
         if distributed.is_main():
             save_checkpoint(self.state_dict(), self.ckpt_dir / name)
         distributed.barrier()

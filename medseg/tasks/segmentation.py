@@ -54,7 +54,8 @@ class SegmentationTask:
     caching (the ``cache`` group) and patch augmentation (the ``augment`` group)."""
 
     def build(self, cfg: DictConfig) -> TrainingData:
-        data = build_segmentation_data(cfg.dataset, cfg.get("augment"), instantiate(cfg.cache), seed=cfg.seed)
+        data = build_segmentation_data(cfg.dataset, cfg.get("augment"), instantiate(cfg.cache), seed=cfg.seed,
+                                       check_dir=cfg.paths.cache_dir)
         validator = SegmentationValidator(instantiate(cfg.inferer), data.target, data.label_names)
         return TrainingData(data.train_loader, data.val_loader, None, data.label_names, data.split, data.task_dir,
                             validator, meta_free_training=data.meta_free_training)

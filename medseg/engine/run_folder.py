@@ -1,0 +1,36 @@
+"""The run folder before training starts: writable, not someone else's finished run, no debris.
+
+Checked before any data is cached or any epoch trained, so a mistake costs seconds, not an epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from medseg.core.errors import MedsegError
+from medseg.core.folders import ensure_writable
+
+log = logging.getLogger(__name__)
+
+
+def prepare_run_folder(run_dir: Path, resume: str | None) -> None:
+    """Creates ``run_dir/checkpoints``, refuses to train over an existing run, removes temp files.
+
+    Args:
+        run_dir: the Hydra run folder.
+        resume: ``trainer.resume``; with it, existing checkpoints are what the run continues from.
+
+    Raises:
+        MedsegError: the folder is not writable, or it holds checkpoints and no ``trainer.resume``
+            was given (a second run would silently overwrite ``best.pt`` and ``last.pt``).
+    """
+    ckpt_dir = ensure_writable(run_dir / "checkpoints", f"the run folder {run_dir} must be writable: choose another hydra.run.dir")
+    existing = sorted(p.name for p in ckpt_dir.glob("*.pt"))
+    if existing and not resume:
+        raise MedsegError(
+            f"{run_dir} already holds a training run ({', '.join(existing)}): continue it with trainer.resume=auto, "
+            "or train into a new folder (drop hydra.run.dir, or give another)")
+    for debris in ckpt_dir.glob(".*.tmp"):  # a checkpoint write interrupted by a kill
+        debris.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted checkpoint write", debris)
