@@ -214,13 +214,29 @@ def test_medmnist_download_uses_package_info(server, tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """The script as a user runs it, in a fresh interpreter."""
     return subprocess.run([sys.executable, "scripts/download_data.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+def run_cli_here(*args: str) -> subprocess.CompletedProcess:
+    """The script's ``main(argv)`` in this process: the same code without a second torch/MONAI import."""
+    import contextlib
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location("download_data", ROOT / "scripts" / "download_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = module.main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def test_cli_unknown_task_lists_valid_names(tmp_path):
-    proc = run_cli("--dataset", "msd", "--task", "kidney", "--output", str(tmp_path))
+    proc = run_cli_here("--dataset", "msd", "--task", "kidney", "--output", str(tmp_path))
     assert proc.returncode == 2 and "unknown MSD task 'kidney'" in proc.stderr and "spleen" in proc.stderr
-    proc = run_cli("--dataset", "medmnist", "--task", "nomnist", "--output", str(tmp_path))
+    proc = run_cli_here("--dataset", "medmnist", "--task", "nomnist", "--output", str(tmp_path))
     assert proc.returncode == 2 and "pathmnist" in proc.stderr
 
 
@@ -232,7 +248,7 @@ def test_cli_mirror_with_wrong_archive_fails_cleanly(server, spleen_archive, tmp
 
 
 def test_cli_lists():
-    msd = run_cli("--dataset", "msd", "--list").stdout
+    msd = run_cli_here("--dataset", "msd", "--list").stdout
     assert all(name in msd for name in download.MSD_TASKS) and "Task01_BrainTumour" in msd
-    med = run_cli("--dataset", "medmnist", "--list").stdout
+    med = run_cli_here("--dataset", "medmnist", "--list").stdout
     assert "organmnist3d" in med and "chestmnist" in med and "multi-label" in med

@@ -145,3 +145,14 @@ def test_multirun_sweep_makes_one_complete_run_folder_per_model(synthetic_data_d
         assert (run / "checkpoints" / "best.pt").is_file() and (run / "checkpoints" / "last.pt").is_file()
         assert json.loads((run / "metrics.json").read_text())["best"]["metrics"]["mean_dice"] >= 0.0
     assert "segresnet" in (runs[1] / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_gpu_trainer_without_cuda_is_one_line_exit_2(tiny_cfg, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: trainer=gpu is valid here")
+    proc = cli("trainer=gpu", f"paths.data_dir={tmp_path / 'unused'}", f"hydra.run.dir={tmp_path / 'run'}")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(errors) == 1 and "no usable CUDA GPU" in errors[0] and "trainer=gpu" in errors[0]

@@ -63,7 +63,7 @@ def setup(device_name: str = "auto") -> torch.device:
             TorchDistributedEnvironment().export()
     if not launched_by_torchrun():
         return select_device(device_name)
-    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    use_cuda = select_device(device_name).type == "cuda"  # a cuda request without a GPU is one line
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)

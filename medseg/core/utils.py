@@ -7,6 +7,8 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from monai.utils import set_determinism
 
+from medseg.core.errors import MedsegError
+
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seeds python, numpy and torch. ``deterministic`` also forces deterministic cuDNN (slower)."""
@@ -17,10 +19,22 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks the GPU when there is one, else the CPU."""
+    """``auto`` picks the GPU when there is one, else the CPU.
+
+    Raises:
+        MedsegError: a CUDA device was asked for on a machine without one (``trainer=gpu`` on a
+            laptop): one line instead of the driver's traceback.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise MedsegError(f"device '{name}' is not a device torch knows ({err}); use auto, cpu or cuda[:N]") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MedsegError(f"device '{name}' asked for, but this machine has no usable CUDA GPU: drop trainer=gpu "
+                          "(or use trainer.device=auto / device=auto, which falls back to the CPU)")
+    return device
 
 
 def channels_last(model: torch.nn.Module) -> torch.memory_format | None:
