@@ -16,4 +16,26 @@ def _run_name() -> str:
 # `${medseg_run_name:}` in conf/hydra/default.yaml: the run folder name every torchrun rank agrees on.
 _OmegaConf.register_new_resolver("medseg_run_name", _run_name, use_cache=True, replace=True)
 
-__all__ = ["CONF_DIR", "compose_train", "__version__"]
+
+def _nnunet_fact(fact: str, root: str):
+    from medseg.data.nnunet import dataset_fact
+
+    return dataset_fact(fact, root)
+
+
+# `${medseg_nnunet:num_classes,${dataset.root}}` in conf/dataset/nnunet.yaml: facts read from an nnU-Net dataset.json.
+_OmegaConf.register_new_resolver("medseg_nnunet", _nnunet_fact, replace=True)
+
+
+
+def __getattr__(name: str):
+    """``from medseg import Predictor`` loads torch and MONAI on first use only, so importing medseg
+    (the CLI entry points, config composition) stays fast."""
+    if name == "Predictor":
+        from medseg.inference.predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'medseg' has no attribute {name!r}")
+
+
+__all__ = ["CONF_DIR", "Predictor", "compose_train", "__version__"]

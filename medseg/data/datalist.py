@@ -109,12 +109,15 @@ class Datalist:
         label_names: ``{index: name}``; for exclusive classes index 0 is background.
         root: folder that holds ``splits.json``.
         fixed_val: an official validation set (AMOS); then folds split only ``cases``.
+        folds: folds fixed by the source (nnU-Net's ``splits_final.json``), used as they are
+            instead of the seeded split in ``splits.json``.
     """
 
     cases: dict[str, dict[str, Any]]
     label_names: dict[int, str]
     root: Path
     fixed_val: dict[str, dict[str, Any]] | None = None
+    folds: list[dict[str, list[str]]] | None = None
 
 
 def msd_datalist(root: str | Path) -> Datalist:

@@ -83,9 +83,13 @@ def select_split(cfg: DictConfig, data: datalist.Datalist) -> tuple[list[dict], 
     if data.fixed_val is not None:
         split = {"train": sorted(data.cases), "val": sorted(data.fixed_val)}
         return named(data.cases, split["train"]), named(data.fixed_val, split["val"]), split
-    folds = datalist.load_or_create_splits(data.root, list(data.cases), cfg.num_folds, cfg.split_seed)
+    if data.folds is not None:  # fixed by the source (nnU-Net's splits_final.json): kept exactly
+        folds, where = data.folds, f"the dataset's fixed split in {data.root}"
+    else:
+        folds = datalist.load_or_create_splits(data.root, list(data.cases), cfg.num_folds, cfg.split_seed)
+        where = str(data.root / datalist.SPLITS_FILE)
     if not 0 <= cfg.fold < len(folds):
-        raise MedsegError(f"dataset.fold={cfg.fold} but {data.root / datalist.SPLITS_FILE} has {len(folds)} folds")
+        raise MedsegError(f"dataset.fold={cfg.fold} but {where} has {len(folds)} folds")
     split = folds[cfg.fold]
     return named(data.cases, split["train"]), named(data.cases, split["val"]), split
 

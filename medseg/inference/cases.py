@@ -60,12 +60,13 @@ def discover_cases(source: str | Path, in_channels: int = 1) -> tuple[dict[str, 
             continue
         cid = case_id(entry)
         match = CHANNEL_FILE.match(cid)
-        if in_channels > 1 and match:
+        if match and (in_channels > 1 or match["channel"] == "0000"):  # nnU-Net naming, 1-channel included
             per_channel.setdefault(match["case"], {})[int(match["channel"])] = str(entry)
         else:
             cases[cid] = str(entry)
     for cid, channels in per_channel.items():
-        cases[cid] = [channels[k] for k in sorted(channels)]
+        files = [channels[k] for k in sorted(channels)]
+        cases[cid] = files[0] if in_channels == 1 and len(files) == 1 else files
     if not cases:
         raise MedsegError(f"no images found in {source} (looked for {', '.join(IMAGE_SUFFIXES)} and DICOM folders)")
     return dict(sorted(cases.items())), skipped

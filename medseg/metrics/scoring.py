@@ -56,7 +56,11 @@ def declared_structures(regions: Mapping[Any, Any] | None, labels: Mapping[Any, 
         return {str(v): [int(k)] for k, v in labels.items() if int(k) != 0}
     meta_path = ref_dir.parent / "dataset.json"
     if meta_path.is_file():
-        names = names_from_meta(json.loads(meta_path.read_text()))
+        meta = json.loads(meta_path.read_text())
+        if "file_ending" in meta:  # nnU-Net v2: {"background": 0, "liver": 1} or region lists {"whole tumor": [1, 2, 3]}
+            return {str(k): [int(x) for x in (v if isinstance(v, list) else [v])]
+                    for k, v in meta["labels"].items() if k not in ("background", "ignore")}
+        names = names_from_meta(meta)
         return {v: [k] for k, v in names.items() if k != 0}
     return None
 
