@@ -137,7 +137,7 @@ def test_every_readme_command_composes(entry, overrides, tmp_path):
 
     overrides = [o.replace("<run>", "run").replace("<time>", "time") for o in overrides if "interval(" not in o]
     cfg = compose(entry, overrides, tmp_path)
-    if entry == "train":
+    if entry == "train" and not any("/path/" in o for o in overrides):  # placeholder folders read no data
         from omegaconf import OmegaConf
 
         OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
