@@ -27,7 +27,6 @@ def _nnunet_fact(fact: str, root: str):
 _OmegaConf.register_new_resolver("medseg_nnunet", _nnunet_fact, replace=True)
 
 
-
 def __getattr__(name: str):
     """``from medseg import Predictor`` loads torch and MONAI on first use only, so importing medseg
     (the CLI entry points, config composition) stays fast."""

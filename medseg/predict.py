@@ -21,21 +21,9 @@ from medseg.core.folders import ensure_writable
 from medseg.core.utils import select_device
 from medseg.core.visualize import save_overlay_png
 from medseg.inference.cases import discover_cases
-from medseg.inference.predictor import Predictor, save_nifti
+from medseg.inference.predictor import Predictor, expand_checkpoints, save_nifti
 
 log = logging.getLogger("medseg.predict")
-
-
-def expand_checkpoints(entries: list[str]) -> list[str]:
-    """Checkpoint files; a folder stands for every ``checkpoints/best.pt`` below it (a run folder,
-    or a cross-validation sweep folder: the fold ensemble)."""
-    ckpts = []
-    for entry in map(Path, entries):
-        found = sorted(entry.rglob("checkpoints/best.pt")) if entry.is_dir() else [entry]
-        if not found:
-            raise MedsegError(f"no checkpoints/best.pt below {entry}; point ckpt= to a run or sweep folder, or a .pt file")
-        ckpts += [str(f) for f in found]
-    return ckpts
 
 
 def refuse_overwriting_inputs(source: str | Path, output: Path) -> None:

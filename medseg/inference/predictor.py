@@ -4,6 +4,9 @@ A checkpoint carries the resolved training config, so the network, preprocessing
 spacing, intensity, crop), sliding-window settings and label meaning are rebuilt from it. MONAI's
 ``Invertd`` undoes the spatial preprocessing on the probabilities, so the written label map has
 the input's shape and affine.
+
+The Python API is :class:`Predictor`: ``Predictor.from_checkpoint(path).predict(array, spacing=...)``
+for arrays already in memory, ``predict_file(path)`` for files; both run the same chain.
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from monai.data import MetaTensor
-from monai.transforms import Invertd, KeepLargestConnectedComponent
+from monai.transforms import Compose, Invertd, KeepLargestConnectedComponent, LoadImaged
 from omegaconf import DictConfig, OmegaConf
 
 from medseg.core.checkpoint import load_checkpoint
 from medseg.core.errors import MedsegError
-from medseg.core.utils import channels_last
+from medseg.core.utils import channels_last, select_device
 from medseg.data.transforms import preprocessing
 from medseg.inference.sliding_window import predict_probabilities
 
@@ -33,6 +36,18 @@ class Prediction:
     affine: np.ndarray  # the input's voxel-to-world (RAS) affine
     probabilities: np.ndarray | None  # (X, Y, Z, C) in the input grid, when asked for
     preview: dict[str, torch.Tensor]  # preprocessed image and prediction, for pictures
+
+
+def expand_checkpoints(entries: list[str | Path]) -> list[str]:
+    """Checkpoint files; a folder stands for every ``checkpoints/best.pt`` below it (a run folder,
+    or a cross-validation sweep folder: the fold ensemble)."""
+    ckpts = []
+    for entry in map(Path, entries):
+        found = sorted(entry.rglob("checkpoints/best.pt")) if entry.is_dir() else [entry]
+        if not found:
+            raise MedsegError(f"no checkpoints/best.pt below {entry}; point ckpt= to a run or sweep folder, or a .pt file")
+        ckpts += [str(f) for f in found]
+    return ckpts
 
 
 def _same_task(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -92,10 +107,36 @@ class Predictor:
         inferer_cfg = OmegaConf.merge(self.cfg.inferer, {k: v for k, v in (inferer_overrides or {}).items() if v is not None})
         self.inferer = instantiate(inferer_cfg)
         self.transform = preprocessing(self.cfg.dataset, keys=("image",))
+        # The same transform objects minus the reader: arrays and files take one path, and
+        # ``Invertd`` (driven by each tensor's applied operations) undoes either.
+        self.array_transform = Compose([t for t in self.transform.transforms if not isinstance(t, LoadImaged)])
         self.postprocess = (
             KeepLargestConnectedComponent(applied_labels=sorted(k for k in self.label_names if k != 0), independent=True)
             if largest_component else None
         )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path_or_list: str | Path | list[str | Path],
+        device: str | torch.device = "auto",
+        tta: bool = False,
+        amp: bool = False,
+        largest_component: bool = False,
+        inferer_overrides: dict[str, Any] | None = None,
+    ) -> Predictor:
+        """The Python entry: the predictor ``python -m medseg.predict`` builds from the same arguments.
+
+        Args:
+            path_or_list: a checkpoint, a list of them (an ensemble), or a folder standing for every
+                ``checkpoints/best.pt`` below it (a run, or a cross-validation sweep).
+            device: ``auto`` (CUDA when available), ``cpu``, ``cuda:1``, ... or a ``torch.device``.
+            tta: mirror over all spatial axes and average (8 passes per model).
+        """
+        entries = list(path_or_list) if isinstance(path_or_list, (list, tuple)) else [path_or_list]
+        device = device if isinstance(device, torch.device) else select_device(str(device))
+        return cls(expand_checkpoints(entries), device, inferer_overrides, amp=amp,
+                   mirror_axes=None if tta else (), largest_component=largest_component)
 
     @property
     def in_channels(self) -> int:
@@ -117,8 +158,58 @@ class Predictor:
             )
         return data
 
+    def predict_file(self, image: str | Path | list[str], with_probabilities: bool = False) -> Prediction:
+        """Segments one scan file (or one file per channel), as ``medseg.predict`` writes it."""
+        return self._infer(self.load(str(image) if isinstance(image, Path) else image), with_probabilities)
+
     def __call__(self, image: str | list[str], with_probabilities: bool = False) -> Prediction:
-        data = self.load(image)
+        return self.predict_file(image, with_probabilities)
+
+    def predict(
+        self,
+        array: np.ndarray,
+        spacing: tuple[float, float, float] | list[float] | None = None,
+        affine: np.ndarray | None = None,
+        with_probabilities: bool = False,
+    ) -> Prediction:
+        """Segments a scan already in memory; the same result ``medseg.predict`` writes for it on disk.
+
+        The array is in nibabel's convention, so ``img.get_fdata()`` and ``img.affine`` of a NIfTI
+        go in unchanged: ``(X, Y, Z)`` for one channel, ``(X, Y, Z, C)`` channels last (as a 4D
+        NIfTI is stored) for several. Channels last is also how ``Prediction.probabilities``
+        comes back, so arrays go in and come out in one layout. A channels-first ``(C, X, Y, Z)``
+        array is refused with the ``np.moveaxis`` that fixes it, never guessed.
+
+        Args:
+            array: intensities in the scan's units (HU for CT), any real dtype.
+            spacing: voxel size in mm along X, Y, Z; means the diagonal affine ``diag(spacing)``.
+            affine: the full 4x4 voxel-to-world (RAS+, mm) matrix instead, as nibabel gives it.
+            with_probabilities: also return ``(X, Y, Z, C)`` probabilities in the input grid.
+
+        Returns:
+            :class:`Prediction`: ``labels`` ``(X, Y, Z)`` uint8 in the input's voxel grid, its
+            ``affine`` (the given one), and ``probabilities`` when asked for.
+
+        Raises:
+            MedsegError: the array's shape or the geometry does not fit the model.
+        """
+        x = _channels_first(np.asarray(array), self.in_channels)
+        if (spacing is None) == (affine is None):
+            raise MedsegError("give either spacing=(sx, sy, sz) in mm or affine=<4x4 voxel-to-world matrix>, not both or neither")
+        if affine is None:
+            if len(spacing) != 3 or min(spacing) <= 0:
+                raise MedsegError(f"spacing={tuple(spacing)} must be 3 positive voxel sizes in mm (X, Y, Z)")
+            affine = np.diag([*map(float, spacing), 1.0])
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape != (4, 4) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            raise MedsegError(f"affine of shape {affine.shape} is not an invertible 4x4 voxel-to-world matrix")
+        meta = {"affine": torch.as_tensor(affine), "original_affine": affine.copy(),
+                "spatial_shape": np.asarray(x.shape[1:]), "space": "RAS", "filename_or_obj": "array"}
+        image = MetaTensor(torch.as_tensor(x, dtype=torch.float32), meta=meta)
+        return self._infer(self.array_transform({"image": image}), with_probabilities)
+
+    def _infer(self, data: dict[str, Any], with_probabilities: bool) -> Prediction:
+        """Network, then back to the input grid: the one path of files and arrays."""
         x = data["image"]
         probs = predict_probabilities(self.models, x[None], self.inferer, self.device, self.target.activate,
                                       self.amp, self.mirror_axes)[0].cpu()
@@ -131,6 +222,19 @@ class Predictor:
         affine = np.asarray(inverted.affine, dtype=np.float64)
         probabilities = np.moveaxis(inverted.numpy(), 0, -1).astype(np.float32) if with_probabilities else None
         return Prediction(np.asarray(labels[0]).astype(np.uint8), affine, probabilities, preview)
+
+
+def _channels_first(array: np.ndarray, in_channels: int) -> np.ndarray:
+    """``(X, Y, Z)`` or ``(X, Y, Z, C)`` -> ``(C, X, Y, Z)``; anything else is one line naming the fix."""
+    if array.ndim == 3 and in_channels == 1:
+        return array[None]
+    if array.ndim == 4 and array.shape[-1] == in_channels:
+        return np.moveaxis(array, -1, 0)
+    hint = ""
+    if array.ndim == 4 and array.shape[0] == in_channels:
+        hint = "; it looks channels first: pass np.moveaxis(array, 0, -1)"
+    expected = "(X, Y, Z)" if in_channels == 1 else f"(X, Y, Z, {in_channels})"
+    raise MedsegError(f"array of shape {array.shape} does not fit the model: it expects {expected}, channels last{hint}")
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
