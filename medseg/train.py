@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from medseg.core import distributed
 from medseg.core.config import CONF_DIR
 from medseg.core.errors import exit_on_user_error
+from medseg.core.threads import apply_thread_policy
 from medseg.core.utils import seed_everything
 from medseg.engine.config_check import check_train_config
 from medseg.engine.run_folder import prepare_run_folder
@@ -42,6 +43,7 @@ def train(cfg: DictConfig, clock: Callable[[], float] = time.monotonic) -> dict[
     """
     check_train_config(cfg)
     device = distributed.setup(cfg.trainer.device)
+    apply_thread_policy(cfg.trainer.get("threads", "auto"))
     seed_everything(cfg.seed, cfg.trainer.deterministic)  # same seed on all ranks: same initial weights
     run_dir = Path(cfg.paths.output_dir)
     if distributed.is_main():

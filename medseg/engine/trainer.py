@@ -24,6 +24,7 @@ from tqdm import tqdm
 from medseg.core import distributed
 from medseg.core.checkpoint import load_checkpoint, save_checkpoint
 from medseg.core.errors import MedsegError
+from medseg.core.threads import single_threaded
 from medseg.core.utils import autocast_context, channels_last
 from medseg.engine.protocols import TrainingData
 
@@ -157,8 +158,9 @@ class Trainer:
 
     def _train_steps(self, deadline: float | None) -> tuple[float, bool]:
         total, count, out_of_time = 0.0, 0, False
-        bar = tqdm(self.data.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.max_epochs}", leave=False,
-                   disable=not (sys.stderr.isatty() and distributed.is_main()), dynamic_ncols=True)
+        loader = self.data.train_loader  # batches fetched on one thread: see medseg.core.threads
+        bar = tqdm(single_threaded(loader), total=len(loader), desc=f"epoch {self.epoch + 1}/{self.cfg.max_epochs}",
+                   leave=False, disable=not (sys.stderr.isatty() and distributed.is_main()), dynamic_ncols=True)
         for batch in bar:
             image = batch["image"].to(self.device, non_blocking=True)
             if self.memory_format is not None and image.dim() in (4, 5):

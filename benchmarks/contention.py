@@ -1,0 +1,91 @@
+"""Training-loader throughput beside a busy neighbour process, medseg vs the plain MONAI loader.
+
+    python -m benchmarks.contention            # needs ../shared/data/Task04_Hippocampus (or --data)
+
+Both loaders are measured quiet, then with ``benchmarks.busy_neighbour`` (a PyTorch loop of
+matrix products at default threads) running for the whole second measurement. medseg fetches
+batches on one thread (medseg.core.threads) and gives the network the cores it may use; the peer
+is the tutorial loop's loader (CacheDataset, RandCropByPosNegLabeld, RandFlipd, DataLoader defaults).
+Run it alone on a quiet machine: anything else running makes the 'quiet' numbers busy too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+from monai import transforms as mt
+from monai.data import CacheDataset, DataLoader, set_track_meta
+
+from benchmarks.common import write_table
+from medseg.core.config import compose_train
+from medseg.core.threads import apply_thread_policy, single_threaded
+from medseg.data.loaders import build_segmentation_data
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def batches_per_second(loader, batches: int, one_thread: bool) -> float:
+    count, start = 0, time.perf_counter()
+    while count < batches:
+        for _ in (single_threaded(loader) if one_thread else loader):
+            count += 1
+            if count >= batches:
+                break
+    return count / (time.perf_counter() - start)
+
+
+def peer_loader(train_cases: list[dict]) -> DataLoader:
+    """The tutorial loop's training data (the peer recipe of the planning issue)."""
+    keys = ["image", "label"]
+    cached = mt.Compose([mt.LoadImaged(keys), mt.EnsureChannelFirstd(keys), mt.NormalizeIntensityd("image", nonzero=True),
+                         mt.SpatialPadd(keys, (32, 48, 32))])
+    random = mt.Compose([mt.RandCropByPosNegLabeld(keys, "label", (32, 48, 32), pos=2, neg=1, num_samples=2),
+                         mt.RandFlipd(keys, prob=0.5, spatial_axis=0)])
+    files = [{"image": c["image"], "label": c["label"]} for c in train_cases]
+    return DataLoader(CacheDataset(files, mt.Compose([*cached.transforms, *random.transforms]), progress=False),
+                      batch_size=4, shuffle=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=SHARED, help="folder holding Task04_Hippocampus")
+    parser.add_argument("--batches", type=int, default=300, help="batches timed per measurement")
+    args = parser.parse_args()
+    if not (args.data / "Task04_Hippocampus" / "dataset.json").is_file():
+        sys.exit(f"error: {args.data / 'Task04_Hippocampus'} not found: pass --data <folder with Task04_Hippocampus>")
+    threads = apply_thread_policy("auto")
+    cfg = compose_train(["dataset=msd/hippocampus", f"paths.data_dir={args.data}", "dataset.check=false"], "/tmp/unused")
+    data = build_segmentation_data(cfg.dataset, cfg.augment, instantiate(cfg.cache), seed=0)
+    ours = data.train_loader
+    peer = peer_loader([c for c in ours.dataset.data])
+    loaders = {"medseg (dataset=msd/hippocampus defaults)": (ours, True), "peer: plain MONAI DataLoader": (peer, False)}
+    set_track_meta(False)  # as medseg's trainer does while drawing training batches from a full cache
+    for loader, one in loaders.values():  # warm-up: first batches, allocator
+        batches_per_second(loader, 20, one)
+    quiet = {name: batches_per_second(loader, args.batches, one) for name, (loader, one) in loaders.items()}
+    set_track_meta(True)
+    neighbour = subprocess.Popen([sys.executable, "-m", "benchmarks.busy_neighbour", "--seconds", "1800"],
+                                 stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(5)  # let it fill its thread pool
+        set_track_meta(False)
+        busy = {name: batches_per_second(loader, args.batches, one) for name, (loader, one) in loaders.items()}
+        set_track_meta(True)
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+    rows = [[name, quiet[name], busy[name], f"{100 * busy[name] / quiet[name]:.0f} %"] for name in loaders]
+    write_table("contention", ["training loader", "batches/s quiet", "batches/s beside a busy neighbour", "kept"], rows,
+                note=f"{len(ours.dataset)} hippocampus training cases (fold 0), {args.batches} batches per measurement "
+                     f"(medseg: batch {cfg.dataset.batch_size} x {cfg.dataset.num_samples} patches of "
+                     f"{list(cfg.dataset.patch_size)}; peer: batch 4 x 2 of [32, 48, 32]); torch threads {threads}. "
+                     "The neighbour: one process of 1024x1024 matrix products at default threads.")
+
+
+if __name__ == "__main__":
+    main()
