@@ -55,6 +55,17 @@ def tiny_cfg(synthetic_data_dir, tmp_path):
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(synthetic_data_dir, tmp_path_factory) -> Path:
+    """A real unet3d checkpoint from one tiny training step, for predict, export, resume and fault tests."""
+    from medseg.train import train
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    train(compose_train([f"paths.data_dir={synthetic_data_dir}", *TINY, "trainer.steps_per_epoch=1",
+                         f"paths.cache_dir={run / 'cache'}"], run))
+    return run / "checkpoints" / "best.pt"
+
+
 def requires_shared(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not found: real data lives in ../shared beside the checkout (CI has it; a user clone does not)")

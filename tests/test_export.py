@@ -15,7 +15,6 @@ import torch
 
 from medseg.core.config import compose
 from medseg.data.synthetic import generate_task
-from tests.conftest import TINY
 
 TASK = "Task99_Synthetic"
 # Not RAS, not isotropic, a rotation and an offset: the geometry every path must give back.
@@ -29,16 +28,9 @@ def data(tmp_path_factory) -> Path:
     return data
 
 
-@pytest.fixture(scope="module")
-def checkpoint(data, tmp_path_factory) -> Path:
-    """A real unet3d checkpoint from one tiny step (as tests/test_faults.py makes one)."""
-    from medseg.core.config import compose_train
-    from medseg.train import train
-
-    run = tmp_path_factory.mktemp("export_run")
-    train(compose_train([f"paths.data_dir={data}", *TINY, "trainer.steps_per_epoch=1",
-                         f"paths.cache_dir={run / 'cache'}"], run))
-    return run / "checkpoints" / "best.pt"
+@pytest.fixture(scope="session")
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint  # conftest: one tiny unet3d training step, shared by the suite
 
 
 @pytest.fixture(scope="module")

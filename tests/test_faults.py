@@ -156,16 +156,9 @@ def data_copy(task_template, tmp_path) -> Path:
     return tmp_path / "data"
 
 
-@pytest.fixture(scope="module")
-def checkpoint(task_template, tmp_path_factory) -> Path:
-    """A real unet3d checkpoint from one tiny step (predict and resume faults)."""
-    from medseg.core.config import compose_train
-    from medseg.train import train
-
-    run = tmp_path_factory.mktemp("faults_run")
-    train(compose_train([f"paths.data_dir={task_template}", *TINY, "trainer.steps_per_epoch=1",
-                         f"paths.cache_dir={run / 'cache'}"], run))
-    return run / "checkpoints" / "best.pt"
+@pytest.fixture(scope="session")
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint  # conftest: one tiny unet3d training step, shared by the suite
 
 
 def run_checked(capsys, command: str, argv: list[str], watched: list[Path], outputs: list[Path]) -> Outcome:
