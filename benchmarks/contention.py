@@ -63,7 +63,9 @@ def main() -> None:
     data = build_segmentation_data(cfg.dataset, cfg.augment, instantiate(cfg.cache), seed=0)
     ours = data.train_loader
     peer = peer_loader([c for c in ours.dataset.data])
-    loaders = {"medseg (dataset=msd/hippocampus defaults)": (ours, True), "peer: plain MONAI DataLoader": (peer, False)}
+    loaders = {"medseg (dataset=msd/hippocampus defaults)": (ours, True),
+               "medseg's loader fetched at default threads (before the thread policy)": (ours, False),
+               "peer: plain MONAI DataLoader": (peer, False)}
     set_track_meta(False)  # as medseg's trainer does while drawing training batches from a full cache
     for loader, one in loaders.values():  # warm-up: first batches, allocator
         batches_per_second(loader, 20, one)

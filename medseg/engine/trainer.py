@@ -158,8 +158,9 @@ class Trainer:
 
     def _train_steps(self, deadline: float | None) -> tuple[float, bool]:
         total, count, out_of_time = 0.0, 0, False
-        loader = self.data.train_loader  # batches fetched on one thread: see medseg.core.threads
-        bar = tqdm(single_threaded(loader), total=len(loader), desc=f"epoch {self.epoch + 1}/{self.cfg.max_epochs}",
+        loader = self.data.train_loader  # fetched on one thread unless told otherwise: see medseg.core.threads
+        batches = single_threaded(loader) if self.cfg.get("fetch_on_one_thread", True) else loader
+        bar = tqdm(batches, total=len(loader), desc=f"epoch {self.epoch + 1}/{self.cfg.max_epochs}",
                    leave=False, disable=not (sys.stderr.isatty() and distributed.is_main()), dynamic_ncols=True)
         for batch in bar:
             image = batch["image"].to(self.device, non_blocking=True)
