@@ -98,7 +98,7 @@ def check_case(case: dict[str, Any], in_channels: int, label_values: set[int] | 
 def _record_key(cases: Sequence[dict[str, Any]], in_channels: int, label_values: set[int] | None) -> str:
     files = sorted({f for c in cases for v in c.values() for f in ([v] if isinstance(v, str) else v)
                     if isinstance(f, str) and os.path.isfile(f)})
-    stats = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    stats = [(f, st.st_size, st.st_mtime_ns) for f, st in zip(files, map(os.stat, files))]
     blob = json.dumps([stats, in_channels, sorted(label_values) if label_values else None])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

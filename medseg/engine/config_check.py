@@ -22,11 +22,11 @@ def _select(cfg: DictConfig, key: str) -> Any:
 
 def _down_sampling(model: DictConfig) -> int | None:
     """How much the network shrinks a patch (the patch must be a multiple), from its config."""
-    if model.get("strides") is not None:
-        factors = [int(math.prod(s)) if isinstance(s, (list, tuple)) or hasattr(s, "__len__") else int(s)
-                   for s in model.strides]
-        # per-dimension stride lists (DynUNet): the largest product over one axis bounds every axis
-        return int(math.prod(factors)) if all(not hasattr(s, "__len__") for s in model.strides) else None
+    strides = model.get("strides")
+    if strides is not None:
+        if any(hasattr(s, "__len__") for s in strides):  # per-axis stride lists (DynUNet): not checked
+            return None
+        return int(math.prod(int(s) for s in strides))
     if model.get("blocks_down") is not None:  # SegResNet
         return 2 ** (len(model.blocks_down) - 1)
     return None
