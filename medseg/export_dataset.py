@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from medseg.core.config import CONF_DIR
 from medseg.core.errors import MedsegError, exit_on_user_error
-from medseg.core.folders import ensure_writable
+from medseg.core.folders import beside_data, ensure_writable
 from medseg.core.targets import ClassLabels
 from medseg.data import datalist as dl
 from medseg.data.loaders import resolve_task_dir
@@ -108,13 +108,14 @@ def _labels(label_names: dict[int, str], where: Path) -> dict[str, int]:
     return out
 
 
-def _folds(data: dl.Datalist, dataset: DictConfig) -> list[dict[str, list[str]]]:
+def _folds(data: dl.Datalist, dataset: DictConfig, cache_dir: str) -> list[dict[str, list[str]]]:
     """medseg's folds as ``splits_final.json`` holds them (the same split ``select_split`` uses)."""
     if data.folds is not None:
         return data.folds
     if data.fixed_val is not None:
         return [{"train": sorted(data.cases), "val": sorted(data.fixed_val)}]
-    return dl.load_or_create_splits(data.root, list(data.cases), int(dataset.num_folds), int(dataset.split_seed))
+    folder = beside_data(data.root, cache_dir, str(dataset.name))  # where training keeps it (read-only data: the cache)
+    return dl.load_or_create_splits(folder, list(data.cases), int(dataset.num_folds), int(dataset.split_seed))
 
 
 def _test_cases(task_dir: Path, in_channels: int) -> dict[str, str | list[str]]:
@@ -153,7 +154,7 @@ def export_dataset(cfg: DictConfig) -> Path:
                           "dataset_id= or delete that folder (nothing was overwritten)")
     labels = _labels(data.label_names, task_dir / "dataset.json")
     cases = {**data.cases, **(data.fixed_val or {})}
-    folds = _folds(data, dataset)
+    folds = _folds(data, dataset, str(cfg.paths.cache_dir))
     tests = _test_cases(task_dir, int(dataset.in_channels))
 
     tmp = output / f".{name}.partial"

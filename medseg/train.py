@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medseg.core import distributed
 from medseg.core.config import CONF_DIR
@@ -22,8 +22,9 @@ from medseg.core.errors import exit_on_user_error
 from medseg.core.threads import apply_thread_policy
 from medseg.core.utils import seed_everything
 from medseg.engine.config_check import check_train_config
-from medseg.engine.run_folder import prepare_run_folder
+from medseg.engine.run_folder import prepare_run_folder, record_config
 from medseg.engine.trainer import Trainer
+from medseg.planning import apply_plan
 
 log = logging.getLogger("medseg.train")
 
@@ -41,13 +42,20 @@ def train(cfg: DictConfig, clock: Callable[[], float] = time.monotonic) -> dict[
     Returns:
         ``{"best": {"epoch", "metrics"}, "last": {...}, "epochs", "train_minutes"}``.
     """
-    check_train_config(cfg)
     device = distributed.setup(cfg.trainer.device)
+    run_dir = Path(cfg.paths.output_dir)
+    kept_plan = run_dir / ".hydra" / "plan.yaml"
+    if cfg.trainer.resume and cfg.dataset.get("plan") == "auto" and kept_plan.is_file():
+        with open_dict(cfg):  # a resumed run keeps the plan it started with, even if the data's plan changed since
+            cfg.dataset.plan = str(kept_plan)
+    with distributed.main_process_first():  # rank 0 fingerprints and plans; the others read its files
+        plan = apply_plan(cfg)
+    check_train_config(cfg)
     apply_thread_policy(cfg.trainer.get("threads", "auto"))
     seed_everything(cfg.seed, cfg.trainer.deterministic)  # same seed on all ranks: same initial weights
-    run_dir = Path(cfg.paths.output_dir)
     if distributed.is_main():
         prepare_run_folder(run_dir, cfg.trainer.resume)
+        record_config(cfg, plan, run_dir)
     distributed.barrier()
 
     data = instantiate(cfg.task.builder).build(cfg)

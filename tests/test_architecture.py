@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "medseg"
 
 # Bottom to top. A module may import its own layer and the layers below it, never one above.
-LAYERS = ["core", "data", "metrics", "inference", "engine", "tasks", "entries"]
+LAYERS = ["core", "data", "planning", "metrics", "inference", "engine", "tasks", "entries"]
 
 
 def layer_of(module: str) -> str:

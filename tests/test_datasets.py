@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 
 from medseg.core.config import compose_train
 from medseg.data import manual
@@ -66,6 +67,14 @@ def test_msd_config_trains_a_step_on_its_real_dataset_json(name, tmp_path):
     result = train(cfg)
     names = [v.strip() for k, v in sorted(meta["labels"].items()) if k != "0"]
     assert result["epochs"] == 1 and list(result["best"]["metrics"])[:-1] == names
+    # `python -m medseg.plan dataset=msd/<name>`: the default network's plan, from the same fingerprint
+    from medseg.core.config import compose
+    from medseg.plan import plan
+
+    path = plan(compose("plan", [f"dataset=msd/{name}", f"paths.data_dir={tmp_path / 'data'}"]))
+    planned = yaml.safe_load(path.read_text())
+    assert planned["fingerprint"]["cases"] == meta["numTraining"]
+    assert (Path(cfg.paths.output_dir) / ".hydra" / "plan.yaml").is_file()
 
 
 def test_missing_msd_task_names_the_download_command(tmp_path):
@@ -81,7 +90,8 @@ def test_missing_msd_task_names_the_download_command(tmp_path):
 def test_real_hippocampus_trains(tmp_path):
     requires_shared(SHARED_DATA / "Task04_Hippocampus" / "dataset.json")
     cfg = compose_train(["dataset=msd/hippocampus", f"paths.data_dir={SHARED_DATA}", "trainer=fast",
-                         "trainer.max_epochs=2", "trainer.max_minutes=null", "trainer.val_every=1", "dataset.max_cases=24", "trainer.device=cpu"],
+                         "trainer.max_epochs=2", "trainer.max_minutes=null", "trainer.val_every=1", "dataset.max_cases=24", "trainer.device=cpu",
+                         f"paths.cache_dir={tmp_path / 'cache'}"],  # ../shared is read-only: split, fingerprint, plan go here
                         tmp_path / "run")
     result = train(cfg)
     assert set(result["best"]["metrics"]) == {"Anterior", "Posterior", "mean_dice"}
@@ -89,6 +99,8 @@ def test_real_hippocampus_trains(tmp_path):
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert len(split["train"]) + len(split["val"]) == 200  # the 5-fold split covers every real case
     assert all(c.startswith("hippocampus_") for c in split["val"])
+    assert (tmp_path / "cache" / "msd_hippocampus" / "medseg_plan.yaml").is_file()
+    assert not (SHARED_DATA / "Task04_Hippocampus" / "medseg_plan.yaml").exists()
 
 
 # --- AMOS / BraTS -------------------------------------------------------------------------------

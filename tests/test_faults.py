@@ -287,6 +287,24 @@ def test_medmnist_training_refuses_a_bad_npz(fault, tmp_path, capsys):
     assert_one_line(outcome, 2, "pneumoniamnist.npz")
 
 
+# --- plan (the fingerprint reads every case before anything is planned or trained) ----------------
+
+PLAN_FAULTS = {name: DATA_FAULTS[name] for name in ("label shape differs", "label affine differs",
+                                                     "label value outside labels")}
+PLAN_FAULTS["image all NaN"] = (lambda t: _edit(_image(t), lambda d: np.full(d.shape, np.nan, np.float32)), "NaN")
+
+
+@pytest.mark.parametrize("fault", sorted(PLAN_FAULTS))
+def test_fingerprint_names_a_broken_case_in_one_line(fault, data_copy, tmp_path, capsys):
+    breaker, names = PLAN_FAULTS[fault]
+    task = data_copy / "Task99_Synthetic"
+    breaker(task)
+    outcome = run_checked(capsys, "plan", [f"paths.data_dir={data_copy}", "dataset.plan=auto"],
+                          watched=[data_copy], outputs=[data_copy])
+    assert_one_line(outcome, 2, names)
+    assert not (task / "medseg_plan.yaml").exists() and not (task / "medseg_fingerprint.json").exists()
+
+
 # --- predict -------------------------------------------------------------------------------------
 
 @pytest.fixture

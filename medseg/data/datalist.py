@@ -81,8 +81,9 @@ def load_or_create_splits(
     """Returns the folds saved in ``<task_dir>/splits.json``, creating the file on first use.
 
     A saved split is reused as long as it covers exactly the current cases, so every model and
-    every run on this task validates on the same cases. If the task folder is read-only (shared
-    data), the split is computed but not written.
+    every run on this task validates on the same cases. ``task_dir`` is where medseg keeps what
+    it derives from the data (``medseg.core.folders.beside_data``: the data folder, or a cache
+    folder when that is read-only).
     """
     path = Path(task_dir) / SPLITS_FILE
     if path.is_file():
@@ -96,7 +97,7 @@ def load_or_create_splits(
         tmp.write_text(json.dumps(folds, indent=2))
         tmp.replace(path)
     except OSError:
-        pass  # read-only data folder: the split is deterministic, so recomputing it is equivalent
+        pass  # nowhere to keep it: the split is deterministic, so recomputing it is equivalent
     return folds
 
 

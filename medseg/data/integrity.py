@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -44,10 +45,27 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:100]}" if text else type(err).__name__
 
 
+@dataclass
+class CaseVoxels:
+    """One case as read by the check: its problems, and the voxels for whoever needs them next
+    (the fingerprint computes its statistics from the same read that checks the case)."""
+
+    problems: list[str]
+    channels: list[np.ndarray] = field(default_factory=list)  # one 3D array per channel
+    label: np.ndarray | None = None
+    affine: np.ndarray | None = None
+
+
 def check_case(case: dict[str, Any], in_channels: int, label_values: set[int] | None) -> list[str]:
     """Problems of one case as ``"<file>: <what is wrong>; <the fix>"`` lines (empty if none)."""
+    return read_case(case, in_channels, label_values).problems
+
+
+def read_case(case: dict[str, Any], in_channels: int, label_values: set[int] | None) -> CaseVoxels:
+    """Reads one case's files and checks them (see the module docstring for what is checked)."""
     images = [case["image"]] if isinstance(case["image"], str) else list(case["image"])
     problems, channels, grid = [], 0, None
+    read = CaseVoxels(problems)
     for path in images:
         try:
             data, affine = _read(path)
@@ -59,7 +77,9 @@ def check_case(case: dict[str, Any], in_channels: int, label_values: set[int] | 
                             "(4D: channels last); convert it or leave the case out")
             continue
         channels += 1 if data.ndim == 3 else data.shape[3]
+        read.channels += [data] if data.ndim == 3 else [data[..., c] for c in range(data.shape[3])]
         grid = grid or (data.shape[:3], affine)
+        read.affine = grid[1]
         if data.size == 0 or not np.any(data):
             problems.append(f"{path}: is empty (every voxel is 0); re-export it or leave the case out")
         elif np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
@@ -71,11 +91,13 @@ def check_case(case: dict[str, Any], in_channels: int, label_values: set[int] | 
                         "(dataset.in_channels); give one file per channel or a 4D file")
     label = case.get("label")
     if label is None or grid is None:
-        return problems
+        return read
     try:
         labels, label_affine = _read(label)
     except Exception as err:
-        return [*problems, f"{label}: cannot be read as a label map ({_describe(err)}); re-download or re-export it"]
+        problems.append(f"{label}: cannot be read as a label map ({_describe(err)}); re-download or re-export it")
+        return read
+    read.label = labels
     if labels.shape[:3] != grid[0] or labels.ndim != 3:
         problems.append(f"{label}: shape {tuple(labels.shape)} differs from its image {images[0]} {tuple(grid[0])}; "
                         "resample the label onto the image's grid")
@@ -92,7 +114,7 @@ def check_case(case: dict[str, Any], in_channels: int, label_values: set[int] | 
             if extra:
                 problems.append(f"{label}: holds label value(s) {extra} outside the dataset's labels {sorted(label_values)}; "
                                 "fix the file or the labels in dataset.json")
-    return problems
+    return read
 
 
 def _record_key(cases: Sequence[dict[str, Any]], in_channels: int, label_values: set[int] | None) -> str:

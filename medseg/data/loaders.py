@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from medseg.core import distributed
 from medseg.core.errors import MedsegError
+from medseg.core.folders import beside_data
 from medseg.core.targets import ClassLabels, Regions
 from medseg.data import datalist
 from medseg.data.caching import CacheMode
@@ -75,8 +76,17 @@ def _check(cfg: DictConfig, data: datalist.Datalist) -> None:
         raise MedsegError(f"{missing[0]} is listed for {where} but missing ({len(missing)} files missing); re-download or verify the data")
 
 
-def select_split(cfg: DictConfig, data: datalist.Datalist) -> tuple[list[dict], list[dict], dict[str, list[str]]]:
-    """Train and validation cases of fold ``cfg.fold`` (or the official validation set)."""
+def select_split(cfg: DictConfig, data: datalist.Datalist,
+                 state_dir: Path | None = None) -> tuple[list[dict], list[dict], dict[str, list[str]]]:
+    """Train and validation cases of fold ``cfg.fold`` (or the official validation set).
+
+    ``fold=all`` trains on every labelled case (nnU-Net's ``all`` fold: the final model once the
+    recipe is settled by cross-validation); it is still validated on fold 0's validation cases,
+    which it has then seen in training, so those scores are no held-out estimate.
+
+    Args:
+        state_dir: where ``splits.json`` is kept (default: the datalist's root).
+    """
     def named(cases: dict[str, dict], ids: list[str]) -> list[dict]:  # the id travels with the case (error messages)
         return [{**cases[c], "case": c} for c in ids]
 
@@ -86,10 +96,17 @@ def select_split(cfg: DictConfig, data: datalist.Datalist) -> tuple[list[dict], 
     if data.folds is not None:  # fixed by the source (nnU-Net's splits_final.json): kept exactly
         folds, where = data.folds, f"the dataset's fixed split in {data.root}"
     else:
-        folds = datalist.load_or_create_splits(data.root, list(data.cases), cfg.num_folds, cfg.split_seed)
-        where = str(data.root / datalist.SPLITS_FILE)
-    if not 0 <= cfg.fold < len(folds):
-        raise MedsegError(f"dataset.fold={cfg.fold} but {where} has {len(folds)} folds")
+        folder = state_dir or data.root
+        folds = datalist.load_or_create_splits(folder, list(data.cases), cfg.num_folds, cfg.split_seed)
+        where = str(folder / datalist.SPLITS_FILE)
+    if cfg.fold == "all":
+        log.warning("dataset.fold=all: training on all %d labelled cases; validation scores are on fold 0's "
+                    "validation cases, seen in training (not a held-out estimate)", len(data.cases))
+        split = {"train": sorted(data.cases), "val": folds[0]["val"]}
+        return named(data.cases, split["train"]), named(data.cases, split["val"]), split
+    if isinstance(cfg.fold, bool) or not isinstance(cfg.fold, int) or not 0 <= cfg.fold < len(folds):
+        raise MedsegError(f"dataset.fold={cfg.fold} but {where} has {len(folds)} folds: use 0..{len(folds) - 1}, "
+                          "or all (train on every case)")
     split = folds[cfg.fold]
     return named(data.cases, split["train"]), named(data.cases, split["val"]), split
 
@@ -128,7 +145,8 @@ def build_segmentation_data(cfg: DictConfig, augment: DictConfig | None, cache: 
         task_dir = resolve_task_dir(cfg)
         data: datalist.Datalist = instantiate(cfg.source)
         _check(cfg, data)
-        train_cases, val_cases, split = select_split(cfg, data)
+        state_dir = beside_data(data.root, check_dir, cfg.name) if check_dir else None
+        train_cases, val_cases, split = select_split(cfg, data, state_dir)
     if cfg.get("max_cases"):  # quick experiments on a subset; the saved split is unchanged
         train_cases, val_cases = train_cases[: cfg.max_cases], val_cases[: max(1, cfg.max_cases // 4)]
     train_cases, val_cases = distributed.shard(train_cases, even=True), distributed.shard(val_cases, even=False)

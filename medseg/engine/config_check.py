@@ -6,30 +6,18 @@ dataset's classes, and a patch size the network's down-sampling divides.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from omegaconf import DictConfig
 
 from medseg.core.errors import MedsegError
+from medseg.planning.rules import network_divisor
 
 
 def _select(cfg: DictConfig, key: str) -> Any:
     from omegaconf import OmegaConf
 
     return OmegaConf.select(cfg, key)
-
-
-def _down_sampling(model: DictConfig) -> int | None:
-    """How much the network shrinks a patch (the patch must be a multiple), from its config."""
-    strides = model.get("strides")
-    if strides is not None:
-        if any(hasattr(s, "__len__") for s in strides):  # per-axis stride lists (DynUNet): not checked
-            return None
-        return int(math.prod(int(s) for s in strides))
-    if model.get("blocks_down") is not None:  # SegResNet
-        return 2 ** (len(model.blocks_down) - 1)
-    return None
 
 
 def check_train_config(cfg: DictConfig) -> None:
@@ -61,7 +49,7 @@ def check_train_config(cfg: DictConfig) -> None:
         return
     if any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in patch):
         raise MedsegError(f"dataset.patch_size={list(patch)} must be positive whole numbers of voxels")
-    factor = _down_sampling(model)
+    factor = network_divisor(model)
     if factor and any(p % factor for p in patch):
         fixed = [max(factor, int(round(p / factor)) * factor) for p in patch]
         raise MedsegError(f"dataset.patch_size={list(patch)} is not divisible by {factor}, the down-sampling of "

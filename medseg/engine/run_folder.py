@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from medseg.core.errors import MedsegError
 from medseg.core.folders import ensure_writable
@@ -34,3 +38,17 @@ def prepare_run_folder(run_dir: Path, resume: str | None) -> None:
     for debris in ckpt_dir.glob(".*.tmp"):  # a checkpoint write interrupted by a kill
         debris.unlink(missing_ok=True)
         log.info("removed %s, left by an interrupted checkpoint write", debris)
+
+
+def record_config(cfg: DictConfig, plan: dict[str, Any] | None, run_dir: Path) -> None:
+    """``.hydra/config.yaml`` as the run uses it (the plan merged in) and the plan beside it as
+    ``.hydra/plan.yaml``: the run folder says which values made its model."""
+    hydra_dir = run_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    files = {"config.yaml": OmegaConf.to_yaml(cfg)}
+    if plan is not None:
+        files["plan.yaml"] = yaml.safe_dump(plan, sort_keys=False, default_flow_style=None, width=110)
+    for name, text in files.items():  # temp file, then rename: never half-written
+        tmp = hydra_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(hydra_dir / name)
