@@ -89,6 +89,28 @@ def test_time_budget_stops_cleanly_with_validation_and_checkpoint(tiny_cfg):
     assert state["scheduler"]["last_epoch"] == 50
 
 
+def test_validation_cadence_fits_the_time_budget(tiny_cfg):
+    # one step per epoch and val_every=1 would validate every epoch; under a budget validation runs
+    # at most budget_validations times, evenly over the budget, plus once at the end
+    cfg = tiny_cfg("trainer.max_epochs=500", "trainer.max_minutes=10", "trainer.steps_per_epoch=1",
+                   "trainer.val_every=1", "trainer.budget_validations=2")
+    result = train(cfg, clock=FakeClock(step=5.0))
+    history = load_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.pt")["history"]
+    validated = [h["epoch"] for h in history]
+    assert result["epochs"] > 10, result["epochs"]
+    assert 2 <= len(validated) <= 3 and validated[-1] == result["epochs"], validated
+    gaps = [b["elapsed"] - a["elapsed"] for a, b in zip(history, history[1:])]
+    assert all(g >= 600 / 3 - 1e-6 for g in gaps[:-1]), gaps
+
+
+def test_fold_all_trains_on_every_labelled_case(tiny_cfg):
+    cfg = tiny_cfg("dataset.fold=all", "trainer.steps_per_epoch=1")
+    train(cfg)
+    split = json.loads((Path(cfg.paths.output_dir) / "split.json").read_text())
+    assert split["fold"] == "all" and len(split["train"]) == 10  # every case of the synthetic task
+    assert set(split["val"]) < set(split["train"])  # scored on fold 0's cases, seen in training
+
+
 def test_missing_data_folder_is_one_clear_line(tmp_path):
     proc = cli(f"paths.data_dir={tmp_path / 'nowhere'}", "dataset.prepare=null",
                "+dataset.download_hint='make download TASK=spleen'", f"hydra.run.dir={tmp_path / 'run'}")

@@ -96,6 +96,8 @@ class Trainer:
         self.best: dict[str, Any] = {"epoch": None, "metrics": None}
         self.last: dict[str, Any] = {"epoch": None, "metrics": None}
         self.history: list[dict[str, Any]] = []
+        self.budget = math.inf  # seconds of training this run may use (trainer.max_minutes)
+        self._session = (clock(), 0.0)  # (clock at this session's start, elapsed before it)
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -158,7 +160,8 @@ class Trainer:
 
     def _train_steps(self, deadline: float | None) -> tuple[float, bool]:
         total, count, out_of_time = 0.0, 0, False
-        loader = self.data.train_loader  # fetched on one thread unless told otherwise: see medseg.core.threads
+        loader = self.data.train_loader
+        steps = max(min(len(loader), self.cfg.steps_per_epoch or len(loader)), 1)  # this epoch's steps  # fetched on one thread unless told otherwise: see medseg.core.threads
         batches = single_threaded(loader) if self.cfg.get("fetch_on_one_thread", True) else loader
         bar = tqdm(batches, total=len(loader), desc=f"epoch {self.epoch + 1}/{self.cfg.max_epochs}",
                    leave=False, disable=not (sys.stderr.isatty() and distributed.is_main()), dynamic_ncols=True)
@@ -182,6 +185,7 @@ class Trainer:
             total += loss.item()
             count += 1
             self.global_step += 1
+            self._advance_schedule(count / steps)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if deadline is not None and distributed.any_rank(self.clock() > deadline):
                 out_of_time = True
@@ -198,24 +202,24 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Trains to the end (or budget) and returns ``{"best": ..., "last": ...}`` validation results."""
         writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard")) if distributed.is_main() else _NoWriter()
-        budget = self.cfg.max_minutes * 60 if self.cfg.max_minutes is not None else math.inf
-        session_start, session_elapsed0 = self.clock(), self.elapsed
-        deadline = None if math.isinf(budget) else session_start + max(budget - self.elapsed, 0.0)
+        budget = self.budget = self.cfg.max_minutes * 60 if self.cfg.max_minutes is not None else math.inf
+        self._session = (self.clock(), self.elapsed)
+        deadline = None if math.isinf(budget) else self._session[0] + max(budget - self.elapsed, 0.0)
         out_of_time = deadline is not None and self.clock() >= deadline
         while self.epoch < self.cfg.max_epochs and not out_of_time:
             t0 = self.clock()
+            lr = self.optimizer.param_groups[0]["lr"]
             mean_loss, out_of_time = self.train_epoch(deadline)
             self.epoch += 1
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.elapsed = distributed.from_main(session_elapsed0 + self.clock() - session_start)
-            self._advance_schedule(budget)
+            self.elapsed = distributed.from_main(self._elapsed_now())
+            self._advance_schedule(0.0)
             writer.add_scalar("train/loss", mean_loss, self.epoch)
             writer.add_scalar("train/lr", lr, self.epoch)
             log.info("epoch %d/%d  loss %.4f  lr %.2e  %.1fs", self.epoch, self.cfg.max_epochs, mean_loss, lr,
                      self.clock() - t0)
             if out_of_time:
                 log.info("time budget of %s min reached: validating and stopping", self.cfg.max_minutes)
-            if out_of_time or self.epoch % self.cfg.val_every == 0 or self.epoch == self.cfg.max_epochs:
+            if out_of_time or self.epoch == self.cfg.max_epochs or self._validation_due():
                 self._validate_and_record(writer)
             self._save("last.pt")
         if self.last["epoch"] != self.epoch:  # e.g. resumed a finished run: still report fresh numbers
@@ -239,25 +243,49 @@ class Trainer:
                  "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return {"epoch": best["epoch"], "metrics": metrics}
 
-    def _advance_schedule(self, budget_seconds: float) -> None:
-        """Steps the LR schedule to the run's progress: epochs done, or time used if that is further.
+    def _elapsed_now(self) -> float:
+        start, before = self._session
+        return before + self.clock() - start
+
+    def _advance_schedule(self, epoch_fraction: float) -> None:
+        """Steps the LR schedule to the run's progress after every training step: epochs done
+        (plus ``epoch_fraction`` of the current one), or time used if that is further.
 
         Schedulers are configured over ``max_epochs`` steps. Under a ``max_minutes`` budget that
-        ends the run early, the schedule follows the clock instead (several steps per epoch), so
-        a time-limited run still ends on the low learning rates its schedule intends.
+        ends the run early, the schedule follows the clock instead, so a time-limited run warms up
+        in its first seconds (not its first epoch) and ends on the low learning rates its schedule
+        intends.
         """
         if self.scheduler is None:
             return
-        progress = self.epoch / self.cfg.max_epochs
-        if not math.isinf(budget_seconds):
-            progress = max(progress, self.elapsed / budget_seconds)
-        target = min(max(round(progress * self.cfg.max_epochs), self.epoch), self.cfg.max_epochs)
+        progress = (self.epoch + epoch_fraction) / self.cfg.max_epochs
+        if not math.isinf(self.budget):
+            # Under torchrun every rank must step the schedule alike (DDP never re-syncs weights):
+            # within an epoch only the local clock of a single process is followed; ranks follow
+            # rank 0's elapsed time, synced at each epoch's end.
+            elapsed = self._elapsed_now() if distributed.world_size() == 1 else self.elapsed
+            progress = max(progress, elapsed / self.budget)
+        target = min(max(int(progress * self.cfg.max_epochs), self.epoch), self.cfg.max_epochs)
         while self.scheduler.last_epoch < target:
             self.scheduler.step()
 
+    def _validation_due(self) -> bool:
+        """Every ``val_every`` epochs; under a time budget at most ``budget_validations`` times before
+        the final one, evenly over the budget (validation time is training time lost)."""
+        if self.epoch % self.cfg.val_every:
+            return False
+        if math.isinf(self.budget):
+            return True
+        times = int(self.cfg.get("budget_validations", 4))
+        if times <= 0:
+            return False
+        # a checkpoint from before budget-fitted validation has no "elapsed": count from the resume
+        last = max((h.get("elapsed", self._session[1]) for h in self.history), default=0.0)
+        return self.elapsed - last >= self.budget / (times + 1)
+
     def _validate_and_record(self, writer: SummaryWriter) -> None:
         metrics, picture = self.validate()
-        self.last = {"epoch": self.epoch, "metrics": metrics}
+        self.last = {"epoch": self.epoch, "metrics": metrics, "elapsed": self.elapsed}
         self.history.append(self.last)
         for name, value in metrics.items():
             writer.add_scalar(f"val/{name}", value, self.epoch)
