@@ -103,6 +103,9 @@ class Predictor:
         _, config, names = first
         self.cfg: DictConfig = OmegaConf.create(config)
         self.label_names = {int(k): v for k, v in names.items()}
+        if self.mirror_axes is None:  # "all": the axes the model was trained to be mirrored along (the plan's)
+            planned = self.cfg.dataset.get("mirror_axes")
+            self.mirror_axes = tuple(range(3)) if planned is None else tuple(int(a) for a in planned)
         self.target = instantiate(self.cfg.dataset.target)
         inferer_cfg = OmegaConf.merge(self.cfg.inferer, {k: v for k, v in (inferer_overrides or {}).items() if v is not None})
         self.inferer = instantiate(inferer_cfg)
@@ -120,7 +123,7 @@ class Predictor:
         cls,
         path_or_list: str | Path | list[str | Path],
         device: str | torch.device = "auto",
-        tta: bool = False,
+        tta: bool = True,
         amp: bool = False,
         largest_component: bool = False,
         inferer_overrides: dict[str, Any] | None = None,
@@ -131,7 +134,8 @@ class Predictor:
             path_or_list: a checkpoint, a list of them (an ensemble), or a folder standing for every
                 ``checkpoints/best.pt`` below it (a run, or a cross-validation sweep).
             device: ``auto`` (CUDA when available), ``cpu``, ``cuda:1``, ... or a ``torch.device``.
-            tta: mirror over all spatial axes and average (8 passes per model).
+            tta: mirror over the spatial axes (``dataset.mirror_axes`` of the checkpoint: all three unless
+                the data are anisotropic) and average: up to 8 passes per model.
         """
         entries = list(path_or_list) if isinstance(path_or_list, (list, tuple)) else [path_or_list]
         device = device if isinstance(device, torch.device) else select_device(str(device))
