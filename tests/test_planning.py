@@ -16,7 +16,7 @@ import yaml
 
 from medseg.core.config import compose, compose_train
 from medseg.core.errors import MedsegError
-from medseg.planning import apply_plan, plan_files, rules
+from medseg.planning import apply_plan, rules
 from medseg.planning.fingerprint import FINGERPRINT_FILE
 from medseg.planning.plan import PLAN_FILE
 from tests.conftest import TINY

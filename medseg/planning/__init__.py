@@ -24,8 +24,16 @@ from medseg.core.folders import beside_data
 from medseg.data import datalist
 from medseg.data.loaders import resolve_task_dir
 from medseg.planning.fingerprint import FINGERPRINT_FILE, load_or_compute
+from medseg.planning.plan import (
+    PLAN_FILE,
+    make_plan,
+    merge,
+    read_plan,
+    table,
+    user_sets_network,
+    write_plan,
+)
 from medseg.planning.rules import network_divisor
-from medseg.planning.plan import PLAN_FILE, make_plan, merge, read_plan, table, user_sets_network, write_plan
 
 log = logging.getLogger(__name__)
 
