@@ -258,16 +258,21 @@ def test_read_only_data_folder_trains_plans_and_predicts(tmp_path, caplog):
     from medseg.train import train
 
     task = make_task(tmp_path, "Task97_Ro", [(24, 24, 24)] * 5, (2.0, 2.0, 2.0))
+    ids = [f"case_{i:03d}" for i in range(5)]
+    shipped = [{"train": [c for c in ids if c != v], "val": [v]} for v in ids]  # a lab's own split, leave-one-out
+    (task / "splits.json").write_text(json.dumps(shipped))
     _immutable(task)
     try:
         overrides = [*task_overrides(task), *[o for o in TINY if not o.startswith(("dataset.patch_size", "dataset.spacing"))],
-                     "trainer.steps_per_epoch=1"]
+                     "trainer.steps_per_epoch=1", "dataset.num_folds=5", "dataset.fold=2"]
         with caplog.at_level(logging.INFO):
             result = train(compose_train(overrides, tmp_path / "run"))
         cache = tmp_path / "cache" / task.name
         assert result["epochs"] == 1
-        assert {p.name for p in cache.iterdir()} >= {"splits.json", FINGERPRINT_FILE, PLAN_FILE}
-        assert not (task / PLAN_FILE).exists() and not (task / "splits.json").exists()
+        assert {p.name for p in cache.iterdir()} >= {FINGERPRINT_FILE, PLAN_FILE}
+        assert not (task / PLAN_FILE).exists()
+        split = json.loads((tmp_path / "run" / "split.json").read_text())
+        assert split["val"] == ["case_002"]  # the split shipped in the read-only folder is the one used
         assert f"data folder {task} is read-only" in caplog.text and str(cache) in caplog.text
         assert (tmp_path / "run" / ".hydra" / "plan.yaml").is_file()
         out = predict(compose("predict", [f"ckpt={tmp_path / 'run' / 'checkpoints' / 'last.pt'}",
@@ -295,3 +300,22 @@ def test_tta_mirrors_the_axes_the_model_was_trained_to_mirror(tiny_checkpoint, t
         save_checkpoint(state, tmp_path / "model.pt")
         assert Predictor.from_checkpoint(tmp_path / "model.pt", device="cpu").mirror_axes == expected
         assert Predictor.from_checkpoint(tmp_path / "model.pt", device="cpu", tta=False).mirror_axes == ()
+
+
+def test_read_only_data_without_a_split_gets_one_in_the_cache(tmp_path):
+    from hydra.utils import instantiate
+
+    from medseg.core.folders import beside_data
+    from medseg.data.loaders import select_split
+
+    task = make_task(tmp_path, "Task89_Ro", [(12, 12, 12)] * 5, (1.0, 1.0, 1.0))
+    _immutable(task)
+    try:
+        cfg = compose_train([*task_overrides(task), "dataset.num_folds=5"], tmp_path / "run")
+        data = instantiate(cfg.dataset.source)
+        folder = beside_data(data.root, cfg.paths.cache_dir, cfg.dataset.name)
+        train_cases, val_cases, _ = select_split(cfg.dataset, data, folder)
+        assert folder == tmp_path / "cache" / task.name and (folder / "splits.json").is_file()
+        assert len(train_cases) == 4 and len(val_cases) == 1 and not (task / "splits.json").exists()
+    finally:
+        _mutable(task)

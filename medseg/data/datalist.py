@@ -76,21 +76,24 @@ def make_folds(case_ids: list[str], num_folds: int = 5, seed: int = 12345) -> li
 
 
 def load_or_create_splits(
-    task_dir: str | Path, case_ids: list[str], num_folds: int = 5, seed: int = 12345
+    task_dir: str | Path, case_ids: list[str], num_folds: int = 5, seed: int = 12345,
+    shipped: str | Path | None = None,
 ) -> list[dict[str, list[str]]]:
     """Returns the folds saved in ``<task_dir>/splits.json``, creating the file on first use.
 
     A saved split is reused as long as it covers exactly the current cases, so every model and
     every run on this task validates on the same cases. ``task_dir`` is where medseg keeps what
     it derives from the data (``medseg.core.folders.beside_data``: the data folder, or a cache
-    folder when that is read-only).
+    folder when that is read-only); ``shipped`` is a read-only data folder whose own
+    ``splits.json`` (a lab's shared split) is used before any new one is made.
     """
     path = Path(task_dir) / SPLITS_FILE
-    if path.is_file():
-        folds = json.loads(path.read_text())
-        saved = {c for f in folds for c in f["val"]}
-        if saved == set(case_ids) and len(folds) == num_folds:
-            return folds
+    for candidate in (path, *([Path(shipped) / SPLITS_FILE] if shipped is not None else [])):
+        if candidate.is_file():
+            folds = json.loads(candidate.read_text())
+            saved = {c for f in folds for c in f["val"]}
+            if saved == set(case_ids) and len(folds) == num_folds:
+                return folds
     folds = make_folds(case_ids, num_folds, seed)
     try:
         tmp = path.with_suffix(".json.tmp")

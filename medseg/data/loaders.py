@@ -97,7 +97,8 @@ def select_split(cfg: DictConfig, data: datalist.Datalist,
         folds, where = data.folds, f"the dataset's fixed split in {data.root}"
     else:
         folder = state_dir or data.root
-        folds = datalist.load_or_create_splits(folder, list(data.cases), cfg.num_folds, cfg.split_seed)
+        folds = datalist.load_or_create_splits(folder, list(data.cases), cfg.num_folds, cfg.split_seed,
+                                               shipped=data.root if folder != data.root else None)
         where = str(folder / datalist.SPLITS_FILE)
     if cfg.fold == "all":
         log.warning("dataset.fold=all: training on all %d labelled cases; validation scores are on fold 0's "
