@@ -57,7 +57,7 @@ predict: install ## segment scans: make predict CKPT=outputs/.../best.pt INPUT=s
 evaluate: install ## score predictions: make evaluate PRED=preds/ REF=labels/
 	$(PY) -m medseg.evaluate pred=$(PRED) ref=$(REF) $(ARGS)
 
-bench: install ## run the benchmarks (about 30 min on 2 CPU cores); tables in benchmarks/results/
+bench: install ## run the benchmarks (about 95 min on 2 CPU cores, 70 of them real-data hippocampus); tables in benchmarks/results/
 	$(PY) -m benchmarks.data_pipeline
 	$(PY) -m benchmarks.sliding_window
 	$(PY) -m benchmarks.train_step
