@@ -18,7 +18,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import nibabel as nib
 import numpy as np
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from medseg.core.errors import MedsegError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _read(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -117,12 +118,29 @@ def read_case(case: dict[str, Any], in_channels: int, label_values: set[int] | N
     return read
 
 
-def _record_key(cases: Sequence[dict[str, Any]], in_channels: int, label_values: set[int] | None) -> str:
+def files_key(cases: Sequence[dict[str, Any]], *settings: Any) -> str:
+    """A short hash of the cases' files (paths, sizes, modification times) and ``settings``: what a
+    result derived from reading them (a clean check, a fingerprint) is remembered by."""
     files = sorted({f for c in cases for v in c.values() for f in ([v] if isinstance(v, str) else v)
                     if isinstance(f, str) and os.path.isfile(f)})
     stats = [(f, st.st_size, st.st_mtime_ns) for f, st in zip(files, map(os.stat, files))]
-    blob = json.dumps([stats, in_channels, sorted(label_values) if label_values else None])
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    return hashlib.sha256(json.dumps([stats, *settings]).encode()).hexdigest()[:20]
+
+
+def map_cases(fn: Callable[[Any], T], items: Sequence[Any], desc: str, workers: int = 4) -> list[T]:
+    """``fn`` over ``items`` in threads (file reads release the GIL), in order, with a progress bar."""
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items)))) as pool:
+        return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, unit="case",
+                         disable=not sys.stderr.isatty()))
+
+
+def refuse(problems: Sequence[str]) -> None:
+    """Logs every problem line and raises the first as a one-line error (none: returns)."""
+    for line in problems:
+        log.error("%s", line)
+    if problems:
+        more = f" ({len(problems) - 1} more problem(s) logged above)" if len(problems) > 1 else ""
+        raise MedsegError(problems[0] + more)
 
 
 def check_cases(cases: Sequence[dict[str, Any]], in_channels: int, label_values: Iterable[int] | None,
@@ -139,18 +157,12 @@ def check_cases(cases: Sequence[dict[str, Any]], in_channels: int, label_values:
         MedsegError: one line naming the first broken file; every problem is logged above it.
     """
     allowed = set(int(v) for v in label_values) if label_values is not None else None
-    record = Path(record_dir) / f"{_record_key(cases, in_channels, allowed)}.ok" if record_dir else None
+    key = files_key(cases, in_channels, sorted(allowed) if allowed else None)
+    record = Path(record_dir) / f"{key}.ok" if record_dir else None
     if record is not None and record.is_file():
         return
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(cases)))) as pool:
-        results = list(tqdm(pool.map(lambda c: check_case(c, in_channels, allowed), cases), total=len(cases),
-                            desc="checking cases", unit="case", disable=not sys.stderr.isatty()))
-    problems = [p for r in results for p in r]
-    for line in problems:
-        log.error("%s", line)
-    if problems:
-        more = f" ({len(problems) - 1} more problem(s) logged above)" if len(problems) > 1 else ""
-        raise MedsegError(problems[0] + more)
+    results = map_cases(lambda c: check_case(c, in_channels, allowed), cases, "checking cases", workers)
+    refuse([p for r in results for p in r])
     log.info("checked %d case(s): readable, finite, on matching grids", len(cases))
     if record is not None:
         try:

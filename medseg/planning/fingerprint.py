@@ -13,21 +13,16 @@ a dozen numbers per case, from the same read that checks the case.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
-from tqdm import tqdm
 
-from medseg.core.errors import MedsegError
-from medseg.data.integrity import read_case
+from medseg.data.integrity import files_key, map_cases, read_case, refuse
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +99,6 @@ def case_fingerprint(case: dict[str, Any], in_channels: int, label_values: set[i
     return stats, [], samples
 
 
-def _key(cases: Sequence[dict[str, Any]]) -> str:
-    files = sorted({f for c in cases for k in ("image", "label") for f in ([c[k]] if isinstance(c[k], str) else c[k])})
-    stats = [(f, st.st_size, st.st_mtime_ns) for f, st in zip(files, map(os.stat, files))]
-    return hashlib.sha256(json.dumps([FORMAT, stats]).encode()).hexdigest()[:20]
-
-
 def _intensity(samples: list[np.ndarray]) -> dict[str, float]:
     values = np.concatenate(samples) if samples else np.zeros(0, np.float32)
     if values.size == 0:  # no case has foreground voxels: nothing to learn a scale from
@@ -130,15 +119,8 @@ def compute_fingerprint(cases: Sequence[dict[str, Any]], in_channels: int, label
     def one(i_case: tuple[int, dict[str, Any]]) -> tuple[dict[str, Any], list[str], list[np.ndarray]]:
         return case_fingerprint(i_case[1], in_channels, label_values, seed=i_case[0])
 
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(cases)))) as pool:
-        results = list(tqdm(pool.map(one, enumerate(cases)), total=len(cases), desc="fingerprinting",
-                            unit="case", disable=not sys.stderr.isatty()))
-    problems = [p for _, lines, _ in results for p in lines]
-    for line in problems:
-        log.error("%s", line)
-    if problems:
-        more = f" ({len(problems) - 1} more problem(s) logged above)" if len(problems) > 1 else ""
-        raise MedsegError(problems[0] + more)
+    results = map_cases(one, list(enumerate(cases)), "fingerprinting", workers)
+    refuse([p for _, lines, _ in results for p in lines])
     per_case = [stats for stats, _, _ in results]
     n_channels = per_case[0]["channels"]
     intensity = [_intensity([s[c] for _, _, s in results]) for c in range(n_channels)]
@@ -167,7 +149,7 @@ def load_or_compute(cases: Sequence[dict[str, Any]], in_channels: int, label_val
                     path: Path, workers: int = 4) -> dict[str, Any]:
     """The fingerprint saved at ``path`` if it was made from these exact files, else a new one
     (saved there: written to a temporary file, then renamed)."""
-    key = _key(cases)
+    key = files_key(cases, FORMAT)
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
