@@ -12,6 +12,22 @@ from __future__ import annotations
 import torch
 
 
+def class_indices(probs: torch.Tensor) -> torch.Tensor:
+    """``(B, C, *S)`` -> ``(B, 1, *S)`` int64 index of the largest channel, the first one on ties.
+
+    One pass per channel instead of ``argmax(dim=1)``: on CPU argmax over the short channel axis of
+    a whole CT is a slow reduction (9.5 s vs 0.3 s for 2x512x512x200), and ``max(dim=1).indices``,
+    as fast, does not keep the first index on ties (zero-padded borders are all ties).
+    """
+    best = probs[:, :1]
+    index = torch.zeros(best.shape, dtype=torch.int64, device=probs.device)
+    for c in range(1, probs.shape[1]):
+        better = probs[:, c:c + 1] > best
+        index.masked_fill_(better, c)
+        best = torch.maximum(best, probs[:, c:c + 1])
+    return index
+
+
 class ClassLabels:
     """Exclusive classes; the label map holds class indices."""
 
@@ -27,7 +43,7 @@ class ClassLabels:
         A label map instead of a float one-hot: 1 byte per voxel instead of 4 x C, which decides
         whether validating a 512x512x600 CT fits in a few GiB.
         """
-        return probs.argmax(dim=1, keepdim=True).to(torch.uint8)
+        return class_indices(probs).to(torch.uint8)
 
     def reference(self, label: torch.Tensor, num_channels: int) -> torch.Tensor:
         """``(B, 1, *S)`` label map, as scored against :meth:`discretize`."""
@@ -35,7 +51,15 @@ class ClassLabels:
 
     def label_map(self, probs: torch.Tensor) -> torch.Tensor:
         """``(B, 1, *S)`` class indices, the form written to disk."""
-        return probs.argmax(dim=1, keepdim=True)
+        return class_indices(probs)
+
+    def labels_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """:meth:`label_map` of the probabilities, without computing them: softmax keeps the order."""
+        return class_indices(logits)
+
+    def background_logits(self, num_channels: int) -> torch.Tensor:
+        """Logits meaning "certainly background", for voxels no window was run on."""
+        return torch.tensor([30.0] + [0.0] * (num_channels - 1))
 
     def reference_map(self, label: torch.Tensor) -> torch.Tensor:
         return label
@@ -85,6 +109,12 @@ class Regions:
 
     def reference_map(self, label: torch.Tensor) -> torch.Tensor:
         return self.label_map(label.float())
+
+    def labels_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.label_map(self.activate(logits))
+
+    def background_logits(self, num_channels: int) -> torch.Tensor:
+        return torch.full((num_channels,), -30.0)
 
     def scored_names(self, label_names: dict[int, str]) -> list[str]:
         return [label_names[i] for i in sorted(label_names)]
