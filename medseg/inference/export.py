@@ -233,9 +233,10 @@ def inference_config(predictor: Predictor, bundle_root: Path) -> dict[str, Any]:
         "infer": ("$torch.no_grad()(lambda d: dict(d, pred=monai.data.MetaTensor("
                   "@inferer(d['image'][None].to(@device), @network)[0].cpu(), meta=d['image'].meta)))"),
         "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "sigmoid": regions, "softmax": not regions},
+            # Logits are resampled, then activated: medseg.predict's order (and nnU-Net's).
             {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
              "nearest_interp": False, "to_tensor": True},
+            {"_target_": "Activationsd", "keys": "pred", "sigmoid": regions, "softmax": not regions},
             *discretize,
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "",
              "output_ext": ".nii.gz", "output_dtype": "$numpy.uint8", "separate_folder": False,

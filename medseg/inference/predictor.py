@@ -1,9 +1,11 @@
 """Segmenting new scans from checkpoints alone, with the result in each scan's original geometry.
 
 A checkpoint carries the resolved training config, so the network, preprocessing (orientation,
-spacing, intensity, crop), sliding-window settings and label meaning are rebuilt from it. MONAI's
-``Invertd`` undoes the spatial preprocessing on the probabilities, so the written label map has
-the input's shape and affine.
+spacing, intensity), sliding-window settings and label meaning are rebuilt from it. Windows that
+see only zeros after preprocessing are skipped; the logits go back to the scan's grid (only the
+foreground's box is resampled, with the labels ``Invertd`` would give), so the written label map
+has the input's shape and affine. A single model at the tutorial's window settings writes the
+labels of the MONAI tutorial's inference path (benchmarks/predict.py checks it).
 
 The Python API is :class:`Predictor`: ``Predictor.from_checkpoint(path).predict(array, spacing=...)``
 for arrays already in memory, ``predict_file(path)`` for files; both run the same chain.
@@ -27,7 +29,8 @@ from medseg.core.checkpoint import load_checkpoint
 from medseg.core.errors import MedsegError
 from medseg.core.utils import channels_last, select_device
 from medseg.data.transforms import preprocessing
-from medseg.inference.sliding_window import predict_probabilities
+from medseg.inference.inversion import labels_in_input_grid, supports_box_inversion
+from medseg.inference.sliding_window import average_logits, window_aligned_box
 
 
 @dataclass
@@ -59,7 +62,7 @@ class Predictor:
     """An ensemble of checkpoints of one task, ready to segment scans.
 
     Args:
-        checkpoints: one or more medseg checkpoints (their probabilities are averaged).
+        checkpoints: one or more medseg checkpoints (their logits are averaged, as nnU-Net does).
         device: where the networks run.
         inferer_overrides: keys of the training ``SlidingWindowInferer`` to change (overlap,
             ``sw_batch_size``, ``device="cpu"`` to stitch large volumes in host memory).
@@ -109,7 +112,9 @@ class Predictor:
         self.target = instantiate(self.cfg.dataset.target)
         inferer_cfg = OmegaConf.merge(self.cfg.inferer, {k: v for k, v in (inferer_overrides or {}).items() if v is not None})
         self.inferer = instantiate(inferer_cfg)
-        self.transform = preprocessing(self.cfg.dataset, keys=("image",))
+        # The whole field of view: the windows are cropped instead (window_aligned_box), so that
+        # the sliding windows, and the labels, are those of the uncropped scan.
+        self.transform = preprocessing(self.cfg.dataset, keys=("image",), crop_foreground=False)
         # The same transform objects minus the reader: arrays and files take one path, and
         # ``Invertd`` (driven by each tensor's applied operations) undoes either.
         self.array_transform = Compose([t for t in self.transform.transforms if not isinstance(t, LoadImaged)])
@@ -215,17 +220,36 @@ class Predictor:
     def _infer(self, data: dict[str, Any], with_probabilities: bool) -> Prediction:
         """Network, then back to the input grid: the one path of files and arrays."""
         x = data["image"]
-        probs = predict_probabilities(self.models, x[None], self.inferer, self.device, self.target.activate,
-                                      self.amp, self.mirror_axes)[0].cpu()
-        preview = {"image": x.as_tensor().cpu(), "pred": self.target.label_map(probs[None])[0]}
-        data["pred"] = MetaTensor(probs, meta=x.meta, applied_operations=x.applied_operations)
-        inverted = Invertd(keys="pred", transform=self.transform, orig_keys="image", nearest_interp=False)(data)["pred"]
-        labels = self.target.label_map(inverted[None])[0]
+        # Only the windows that see signal run: zeros after preprocessing (air, background) are skipped.
+        box = window_aligned_box((x != 0).any(dim=0), self.inferer.roi_size, _overlap(self.inferer))
+        logits_box = average_logits(self.models, x[None][(slice(None), slice(None), *box)], self.inferer, self.device,
+                                    self.amp, self.mirror_axes)[0]
+        logits = self.target.background_logits(logits_box.shape[0]).to(logits_box).view(-1, 1, 1, 1).repeat(1, *x.shape[1:])
+        logits[(slice(None), *box)] = logits_box  # stays where it was stitched (GPU: resampled there)
+        del logits_box
+        preview = {"image": x.as_tensor().cpu(), "pred": self.target.labels_from_logits(logits[None])[0].cpu()}
+        pred = MetaTensor(logits, meta=x.meta, applied_operations=x.applied_operations)
+        probabilities = None
+        if not with_probabilities and supports_box_inversion(pred):
+            # Only the foreground's box is resampled (medseg.inference.inversion): same labels as Invertd.
+            affine = np.asarray(x.meta["original_affine"], dtype=np.float64)
+            labels = labels_in_input_grid(pred, self.transform, self.target.labels_from_logits, affine,
+                                          tuple(int(n) for n in x.meta["spatial_shape"])).cpu()
+        else:
+            data["pred"] = pred.cpu()
+            inverted = Invertd(keys="pred", transform=self.transform, orig_keys="image", nearest_interp=False)(data)["pred"]
+            labels = self.target.labels_from_logits(inverted[None])[0]
+            affine = np.asarray(inverted.affine, dtype=np.float64)
+            if with_probabilities:
+                probabilities = np.moveaxis(self.target.activate(inverted[None])[0].numpy(), 0, -1).astype(np.float32)
         if self.postprocess is not None:
             labels = self.postprocess(labels)
-        affine = np.asarray(inverted.affine, dtype=np.float64)
-        probabilities = np.moveaxis(inverted.numpy(), 0, -1).astype(np.float32) if with_probabilities else None
         return Prediction(np.asarray(labels[0]).astype(np.uint8), affine, probabilities, preview)
+
+
+def _overlap(inferer: Any) -> float:
+    overlap = inferer.overlap
+    return float(overlap[0] if isinstance(overlap, (list, tuple)) else overlap)
 
 
 def _channels_first(array: np.ndarray, in_channels: int) -> np.ndarray:

@@ -6,6 +6,7 @@ import itertools
 from typing import Sequence
 
 import torch
+from monai.data.utils import dense_patch_slices
 from monai.inferers import Inferer
 
 from medseg.core.utils import autocast_context
@@ -45,32 +46,63 @@ def mirror_flips(spatial_dims: int, axes: Sequence[int] | None) -> list[tuple[in
 
 
 @torch.inference_mode()
-def predict_probabilities(
+def average_logits(
     models: Sequence[torch.nn.Module],
     image: torch.Tensor,
     inferer: Inferer,
     device: torch.device,
-    activate,
     amp: bool = False,
     mirror_axes: Sequence[int] | None = (),
 ) -> torch.Tensor:
-    """Class/region probabilities averaged over an ensemble and mirrored copies (test-time augmentation).
+    """Logits averaged over an ensemble and mirrored copies (test-time augmentation).
+
+    Logits, not probabilities, are averaged and later resampled to the scan's grid, as nnU-Net
+    and the MONAI tutorials do: a single model's labels are then exactly those of the tutorial's
+    ``sliding_window_inference`` -> ``Invertd`` -> argmax path at the same window settings.
 
     Args:
         models: one network, or several (e.g. the 5 cross-validation folds) to average.
         image: ``(B, in_channels, *spatial)`` preprocessed volume(s).
-        activate: logits -> probabilities (softmax for classes, sigmoid for regions).
         mirror_axes: spatial axes to mirror over (``None`` = all, ``()`` = no TTA).
 
     Returns:
-        ``(B, C, *spatial)`` probabilities on the inferer's output device.
+        ``(B, C, *spatial)`` logits on the inferer's output device.
     """
     flips = mirror_flips(image.dim() - 2, mirror_axes)
     total = None
     for model in models:
         for dims in flips:
             x = torch.flip(image, dims) if dims else image
-            probs = activate(predict_logits(model, x, inferer, device, amp))
-            probs = torch.flip(probs, dims) if dims else probs
-            total = probs if total is None else total + probs
+            logits = predict_logits(model, x, inferer, device, amp)
+            logits = torch.flip(logits, dims) if dims else logits
+            total = logits if total is None else total.add_(logits)
     return total.div_(len(models) * len(flips))  # in place: a whole-volume copy less
+
+
+def window_aligned_box(nonzero: torch.Tensor, roi_size: Sequence[int], overlap: float) -> tuple[slice, ...]:
+    """The sub-volume made of exactly the sliding windows that touch ``nonzero`` voxels.
+
+    ``sliding_window_inference`` on this box runs the same windows, at the same places, as on the
+    whole volume for every window that sees the nonzero region (scan air, skull-stripped
+    background and padding are zero after preprocessing), so the logits there are the same;
+    windows that see only zeros are skipped.
+
+    Args:
+        nonzero: ``(*spatial)`` bool mask of the voxels that carry signal.
+        roi_size: window size; overlap: the inferer's (one value for all axes).
+    """
+    size = tuple(nonzero.shape)
+    if not nonzero.any():
+        return tuple(slice(0, n) for n in size)
+    box = []
+    for axis, (n, roi) in enumerate(zip(size, roi_size)):
+        if n <= roi:
+            box.append(slice(0, n))
+            continue
+        hits = torch.nonzero(nonzero.any(dim=tuple(a for a in range(nonzero.dim()) if a != axis))).flatten()
+        first, last = int(hits[0]), int(hits[-1])
+        interval = max(int(roi * (1 - overlap)), 1)  # as sliding_window_inference computes it
+        starts = [window[0].start for window in dense_patch_slices((n,), (roi,), (interval,))]
+        touching = [s for s in starts if s <= last and s + roi > first]
+        box.append(slice(touching[0], touching[-1] + roi))
+    return tuple(box)

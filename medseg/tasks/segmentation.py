@@ -14,7 +14,7 @@ from medseg.core.targets import ClassLabels, Regions
 from medseg.core.visualize import overlay_slices
 from medseg.data.loaders import build_segmentation_data
 from medseg.engine.protocols import TrainingData
-from medseg.inference.sliding_window import predict_probabilities
+from medseg.inference.sliding_window import average_logits
 from medseg.metrics.dice import PerClassDice
 
 
@@ -34,7 +34,7 @@ class SegmentationValidator:
         """Dice per class over the loader's cases, and an image/reference/prediction picture."""
         picture = None
         for batch in loader:
-            probs = predict_probabilities([model], batch["image"], self.inferer, device, self.target.activate, amp)
+            probs = self.target.activate(average_logits([model], batch["image"], self.inferer, device, amp))
             label = batch["label"].to(probs.device)
             if picture is None:
                 picture = overlay_slices(batch["image"][0].cpu(), self.target.reference_map(label)[0].cpu(),
