@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from benchmarks.common import write_table
 from medseg.core.config import compose_train
 from medseg.core.threads import apply_thread_policy, single_threaded
 from medseg.data.loaders import build_segmentation_data
+from medseg.planning import apply_plan
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -59,7 +61,10 @@ def main() -> None:
     if not (args.data / "Task04_Hippocampus" / "dataset.json").is_file():
         sys.exit(f"error: {args.data / 'Task04_Hippocampus'} not found: pass --data <folder with Task04_Hippocampus>")
     threads = apply_thread_policy("auto")
-    cfg = compose_train(["dataset=msd/hippocampus", f"paths.data_dir={args.data}", "dataset.check=false"], "/tmp/unused")
+    with tempfile.TemporaryDirectory() as tmp:  # the shared data folder is read-only: plans go to a cache
+        cfg = compose_train(["dataset=msd/hippocampus", f"paths.data_dir={args.data}", "dataset.check=false",
+                             f"paths.cache_dir={tmp}"], tmp)
+        apply_plan(cfg, overrides=[], log_table=False)  # the planned patch and batch, as training uses them
     data = build_segmentation_data(cfg.dataset, cfg.augment, instantiate(cfg.cache), seed=0)
     ours = data.train_loader
     peer = peer_loader([c for c in ours.dataset.data])
