@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import hydra
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -108,7 +109,8 @@ def main(cfg: DictConfig) -> float:
     if result["world_size"] > 1:  # every rank reports: the gathered metrics must agree
         # One write per line: ranks share the terminal, and print() issues the text and its
         # newline as two writes, which interleave across processes when stdout is unbuffered.
-        line = f"[rank {distributed.rank_from_env()}/{result['world_size']}] best {json.dumps(result['best'])}\n"
+        line = (f"[rank {distributed.rank_from_env()}/{result['world_size']}] threads {torch.get_num_threads()} "
+                f"best {json.dumps(result['best'])}\n")
         sys.stdout.write(line)
         sys.stdout.flush()
     if distributed.rank_from_env() == 0:

@@ -19,6 +19,7 @@ from medseg import cv_summary
 from medseg.core import distributed
 from medseg.core.checkpoint import load_checkpoint
 from medseg.core.errors import MedsegError
+from medseg.core.threads import usable_cores
 from tests.conftest import CONF_DIR, ROOT, TINY
 
 
@@ -32,12 +33,16 @@ def rank_reports(stdout: str) -> dict[int, dict]:
     marker, so the parse does not depend on how the ranks' lines are laid out in the pipe."""
     decoder = json.JSONDecoder()
     return {int(m.group(1)): decoder.raw_decode(stdout, m.end())[0]
-            for m in re.finditer(r"\[rank (\d+)/\d+\] best ", stdout)}
+            for m in re.finditer(r"\[rank (\d+)/\d+\] threads \d+ best ", stdout)}
+
+
+def rank_threads(stdout: str) -> dict[int, int]:
+    return {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"\[rank (\d+)/\d+\] threads (\d+) ", stdout)}
 
 
 def test_rank_reports_parse_interleaved_lines():
     # The layout CI once produced: rank 1's line without its newline, rank 0's glued on.
-    glued = '[rank 1/2] best {"epoch": 2, "m": {"a": 1}}[rank 0/2] best {"epoch": 2, "m": {"a": 1}}\n'
+    glued = '[rank 1/2] threads 1 best {"epoch": 2, "m": {"a": 1}}[rank 0/2] threads 1 best {"epoch": 2, "m": {"a": 1}}\n'
     assert rank_reports(glued) == {0: {"epoch": 2, "m": {"a": 1}}, 1: {"epoch": 2, "m": {"a": 1}}}
 
 
@@ -59,6 +64,10 @@ def test_torchrun_two_processes_gloo_one_run_folder_equal_metrics(synthetic_data
     reported = rank_reports(proc.stdout)
     assert sorted(reported) == [0, 1], proc.stdout[-2000:]
     assert reported[0] == reported[1] == metrics["best"]
+    # The thread policy shares the machine's cores between the two local ranks (at least one each):
+    # two full-width OpenMP pools on one machine is what makes every small op wait (issue 13).
+    threads = rank_threads(proc.stdout)
+    assert sorted(threads) == [0, 1] and threads[0] == threads[1] == max(1, usable_cores() // 2), threads
     # Each rank trained on its own shard: 8 training cases -> 4 per rank, 2 validation cases -> 1 each.
     assert "4 training / 1 validation cases" in (run_dir / "train.log").read_text() + proc.stderr
 
