@@ -57,10 +57,13 @@ predict: install ## segment scans: make predict CKPT=outputs/.../best.pt INPUT=s
 evaluate: install ## score predictions: make evaluate PRED=preds/ REF=labels/
 	$(PY) -m medseg.evaluate pred=$(PRED) ref=$(REF) $(ARGS)
 
-bench: install ## run the benchmarks (about 95 min on 2 CPU cores, 70 of them real-data hippocampus); tables in benchmarks/results/
+bench: install ## run the benchmarks (about 2 h on 2 CPU cores, 70 min of it real-data hippocampus); tables in benchmarks/results/
 	$(PY) -m benchmarks.data_pipeline
 	$(PY) -m benchmarks.sliding_window
 	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.predict
+	$(PY) -m benchmarks.ddp
+	-$(PY) -m benchmarks.contention   # needs the real hippocampus cases (../shared/data or --data)
 	$(PY) -m benchmarks.hippocampus
 
 bench-large: install ## data larger than RAM: peak RSS with cache=disk (~35 min, ~30 GB disk in DATA)

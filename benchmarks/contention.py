@@ -12,6 +12,7 @@ Run it alone on a quiet machine: anything else running makes the 'quiet' numbers
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,13 +32,15 @@ from medseg.planning import apply_plan
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def batches_per_second(loader, batches: int, one_thread: bool) -> float:
+def batches_per_second(loader, batches: int, one_thread: bool, max_seconds: float = 15.0) -> float:
+    """Batches per second over ``batches`` batches, or fewer once ``max_seconds`` have passed (a
+    collapsed loader would otherwise take minutes per measurement)."""
     count, start = 0, time.perf_counter()
     while count < batches:
         for _ in (single_threaded(loader) if one_thread else loader):
             count += 1
-            if count >= batches:
-                break
+            if count >= batches or time.perf_counter() - start > max_seconds:
+                return count / (time.perf_counter() - start)
     return count / (time.perf_counter() - start)
 
 
@@ -57,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED, help="folder holding Task04_Hippocampus")
     parser.add_argument("--batches", type=int, default=300, help="batches timed per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of each loader, alternating (median)")
     args = parser.parse_args()
     if not (args.data / "Task04_Hippocampus" / "dataset.json").is_file():
         sys.exit(f"error: {args.data / 'Task04_Hippocampus'} not found: pass --data <folder with Task04_Hippocampus>")
@@ -67,31 +71,47 @@ def main() -> None:
         apply_plan(cfg, overrides=[], log_table=False)  # the planned patch and batch, as training uses them
     data = build_segmentation_data(cfg.dataset, cfg.augment, instantiate(cfg.cache), seed=0)
     ours = data.train_loader
+    copied = build_segmentation_data(cfg.dataset, cfg.augment, instantiate(cfg.cache, copy=True), seed=0).train_loader
     peer = peer_loader([c for c in ours.dataset.data])
-    loaders = {"medseg (dataset=msd/hippocampus defaults)": (ours, True),
-               "medseg's loader fetched at default threads (before the thread policy)": (ours, False),
+    loaders = {"medseg (dataset=msd/hippocampus defaults: one-thread fetch, cache.copy=false)": (ours, True),
+               "medseg's loader fetched at default threads": (ours, False),
+               "medseg's loader as before: default threads, cache.copy=true": (copied, False),
                "peer: plain MONAI DataLoader": (peer, False)}
-    set_track_meta(False)  # as medseg's trainer does while drawing training batches from a full cache
+    patches = {name: (loader.batch_size or 1) * (2 if loader is peer else cfg.dataset.num_samples)
+               for name, (loader, _) in loaders.items()}
+
+    def measure() -> dict[str, float]:
+        """Median of ``--rounds`` rounds, the loaders alternating within each (drift hits all alike)."""
+        set_track_meta(False)  # as medseg's trainer does while drawing training batches from a full cache
+        try:
+            rounds = [{name: batches_per_second(loader, args.batches, one) for name, (loader, one) in loaders.items()}
+                      for _ in range(args.rounds)]
+        finally:
+            set_track_meta(True)
+        return {name: statistics.median(r[name] for r in rounds) for name in loaders}
+
+    set_track_meta(False)
     for loader, one in loaders.values():  # warm-up: first batches, allocator
         batches_per_second(loader, 20, one)
-    quiet = {name: batches_per_second(loader, args.batches, one) for name, (loader, one) in loaders.items()}
     set_track_meta(True)
+    quiet = measure()
     neighbour = subprocess.Popen([sys.executable, "-m", "benchmarks.busy_neighbour", "--seconds", "1800"],
                                  stdout=subprocess.DEVNULL)
     try:
         time.sleep(5)  # let it fill its thread pool
-        set_track_meta(False)
-        busy = {name: batches_per_second(loader, args.batches, one) for name, (loader, one) in loaders.items()}
-        set_track_meta(True)
+        busy = measure()
     finally:
         neighbour.kill()
         neighbour.wait()
-    rows = [[name, quiet[name], busy[name], f"{100 * busy[name] / quiet[name]:.0f} %"] for name in loaders]
-    write_table("contention", ["training loader", "batches/s quiet", "batches/s beside a busy neighbour", "kept"], rows,
-                note=f"{len(ours.dataset)} hippocampus training cases (fold 0), {args.batches} batches per measurement "
-                     f"(medseg: batch {cfg.dataset.batch_size} x {cfg.dataset.num_samples} patches of "
-                     f"{list(cfg.dataset.patch_size)}; peer: batch 4 x 2 of [32, 48, 32]); torch threads {threads}. "
-                     "The neighbour: one process of 1024x1024 matrix products at default threads.")
+    rows = [[name, quiet[name], busy[name], f"{100 * busy[name] / quiet[name]:.0f} %", round(quiet[name] * patches[name])]
+            for name in loaders]
+    write_table("contention", ["training loader", "batches/s quiet", "batches/s beside a busy neighbour", "kept",
+                               "patches/s quiet"], rows,
+                note=f"{len(ours.dataset)} hippocampus training cases (fold 0), medians of {args.rounds} rounds of "
+                     f"{args.batches} batches, the loaders alternating (medseg: batch {cfg.dataset.batch_size} x "
+                     f"{cfg.dataset.num_samples} patches of {list(cfg.dataset.patch_size)}, the plan's; peer: batch 4 x 2 "
+                     f"of [32, 48, 32]); torch threads {threads}. The neighbour: one process of 1024x1024 matrix "
+                     "products at default threads.")
 
 
 if __name__ == "__main__":

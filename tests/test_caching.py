@@ -181,3 +181,28 @@ def test_gpu_cache_needs_no_worker_processes(tiny_cfg):
     cfg = tiny_cfg("cache.device=cuda", "dataset.num_workers=2")
     with pytest.raises(MedsegError, match="cache.device=cuda needs dataset.num_workers=0"):
         _data(cfg)
+
+
+@pytest.mark.parametrize("augment", ["default", "posneg"])
+def test_random_transforms_never_write_into_the_uncopied_memory_cache(tiny_cfg, augment):
+    """cache.copy=false (the default) hands cached cases to the random chain without a copy: safe
+    only while no random step writes into its input. Every value of the cache must survive epochs."""
+    from monai.data import set_track_meta
+
+    # No flip or rotation (they copy): the crops, views into the cache, reach the intensity steps.
+    cfg, data = _build(tiny_cfg, f"augment={augment}", *(f"augment.random.{t}.prob=0.0" for t in
+                       ("flip_x", "flip_y", "flip_z", "rot90")),
+                       "augment.random.scale_intensity.prob=1.0", "augment.random.shift_intensity.prob=1.0")
+    dataset = data.train_loader.dataset
+    assert isinstance(dataset, CacheDataset) and dataset.copy_cache is False
+    before = [{k: torch.as_tensor(v).clone() for k, v in item.items() if hasattr(v, "shape")} for item in dataset._cache]
+    set_track_meta(False)  # as the trainer draws batches
+    try:
+        for _ in range(2):
+            for batch in data.train_loader:
+                batch["image"].mul_(0)  # a training step may even write into its batch
+    finally:
+        set_track_meta(True)
+    for item, saved in zip(dataset._cache, before):
+        for key, value in saved.items():
+            assert torch.equal(torch.as_tensor(item[key]), value), key

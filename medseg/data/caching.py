@@ -184,12 +184,18 @@ class MemoryCache(CacheMode):
         rate: fraction of cases held in memory; the rest load every time.
         workers: threads filling the cache.
         device: ``cpu``, or ``cuda`` for MONAI's fast-training recipe (cache and crops on the GPU).
+        copy: deep-copy each cached case before the random transforms (MONAI's ``copy_cache``).
+            Off by default: medseg's random chains crop views and every later step returns new
+            tensors (tested: the cache is unchanged after training epochs), and the copy of the
+            whole case per sample was a quarter of the loader's time. Turn it on for a random
+            transform of your own that writes into its input.
     """
 
     name = "memory"
 
-    def __init__(self, rate: float = 1.0, workers: int = 2, device: str = "cpu"):
+    def __init__(self, rate: float = 1.0, workers: int = 2, device: str = "cpu", copy: bool = False):
         self.rate, self.workers, self.device = float(rate), int(workers), str(device or "cpu")
+        self.copy = bool(copy)
 
     def check(self, cases, dataset_cfg, loader_workers, copies=1):
         if self.device != "cpu" and loader_workers:
@@ -199,7 +205,7 @@ class MemoryCache(CacheMode):
 
     def build(self, cases, transform, dataset_cfg, cached_augment):
         return CacheDataset(list(cases), transform, cache_rate=self.rate, num_workers=self.workers,
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), copy_cache=self.copy)
 
     @property
     def meta_free_training(self) -> bool:
