@@ -85,3 +85,25 @@ def test_class_indices_is_argmax_with_the_first_index_on_ties():
     probs[0, :, :2] = 0  # all classes tied: a zero-padded border
     assert torch.equal(class_indices(probs), probs.argmax(dim=1, keepdim=True))
     assert class_indices(probs)[0, :, :2].eq(0).all()
+
+
+def test_window_aligned_box_gives_the_whole_scan_windows_where_there_is_signal():
+    from monai.inferers import SlidingWindowInferer
+
+    from medseg.inference.sliding_window import window_aligned_box
+
+    torch.manual_seed(0)
+    image = torch.zeros(1, 1, 70, 50, 40)
+    image[..., 30:45, 10:20, 5:30] = torch.rand(15, 10, 25)
+    model = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 5, padding=2), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 5, padding=2))
+    inferer = SlidingWindowInferer(roi_size=(16, 16, 16), overlap=0.25, mode="gaussian")
+    with torch.no_grad():
+        full = inferer(image, model)
+        box = window_aligned_box(image[0, 0] != 0, (16, 16, 16), 0.25)
+        assert any(b.stop - b.start < n for b, n in zip(box, image.shape[2:]))  # windows were skipped
+        part = inferer(image[(slice(None), slice(None), *box)], model)
+        tight = inferer(image[..., 28:47, 8:22, 3:32], model)  # a foreground crop moves the tiling
+    signal = (slice(30, 45), slice(10, 20), slice(5, 30))
+    inside_box = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(signal, box))
+    assert torch.allclose(part[(..., *inside_box)], full[(..., *signal)], atol=1e-6)
+    assert not torch.allclose(tight[..., 2:17, 2:12, 2:27], full[(..., *signal)], atol=1e-4)

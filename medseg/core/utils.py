@@ -51,8 +51,14 @@ def channels_last(model: torch.nn.Module) -> torch.memory_format | None:
     return None
 
 
-def autocast_context(device: torch.device, enabled: bool) -> AbstractContextManager:
-    """Mixed precision on CUDA only: CPU autocast gains nothing for these 3D convolutions."""
+def autocast_context(device: torch.device, enabled: bool, inference: bool = False) -> AbstractContextManager:
+    """Mixed precision on CUDA only: CPU autocast gains nothing for these 3D convolutions (bf16 is
+    emulated on CPUs without AMX, ~60x slower; benchmarks/sliding_window.py).
+
+    Training uses fp16 (with the trainer's GradScaler). Inference uses bf16 where the GPU supports
+    it: fp32's exponent range, so no overflow in the logits, at fp16's speed.
+    """
     if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
+        bf16 = inference and torch.cuda.is_bf16_supported()
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if bf16 else torch.float16)
     return nullcontext()

@@ -66,7 +66,7 @@ class Predictor:
         device: where the networks run.
         inferer_overrides: keys of the training ``SlidingWindowInferer`` to change (overlap,
             ``sw_batch_size``, ``device="cpu"`` to stitch large volumes in host memory).
-        amp: fp16 autocast on CUDA.
+        amp: autocast on CUDA (bf16 where supported, else fp16).
         mirror_axes: test-time mirroring over these spatial axes (``()`` = none, ``None`` = all).
         largest_component: keep only the largest connected component of each class.
     """
@@ -220,8 +220,11 @@ class Predictor:
     def _infer(self, data: dict[str, Any], with_probabilities: bool) -> Prediction:
         """Network, then back to the input grid: the one path of files and arrays."""
         x = data["image"]
-        # Only the windows that see signal run: zeros after preprocessing (air, background) are skipped.
-        box = window_aligned_box((x != 0).any(dim=0), self.inferer.roi_size, _overlap(self.inferer))
+        # Only the windows that see signal run. Background after preprocessing is 0 (a [0, 1] CT window,
+        # skull-stripped MRI) or the clipped minimum (the plan's CT z-score): windows of it are skipped.
+        x_plain = x.as_tensor()
+        signal = ((x_plain != 0) & (x_plain != x_plain.amin(dim=tuple(range(1, x.dim())), keepdim=True))).any(dim=0)
+        box = window_aligned_box(signal, self.inferer.roi_size, _overlap(self.inferer))
         logits_box = average_logits(self.models, x[None][(slice(None), slice(None), *box)], self.inferer, self.device,
                                     self.amp, self.mirror_axes)[0]
         logits = self.target.background_logits(logits_box.shape[0]).to(logits_box).view(-1, 1, 1, 1).repeat(1, *x.shape[1:])

@@ -28,13 +28,13 @@ def predict_logits(
         inferer: configured ``SlidingWindowInferer``; its ``device`` decides where windows are
             stitched (``cpu`` for volumes too big for GPU memory).
         device: where the network runs.
-        amp: fp16 autocast on CUDA.
+        amp: autocast on CUDA (bf16 where supported, else fp16).
 
     Returns:
         ``(B, num_classes, *spatial)`` float logits on the inferer's output device.
     """
     model.eval()
-    with autocast_context(device, amp):
+    with autocast_context(device, amp, inference=True):
         logits = inferer(image.to(device), model)
     return logits.float()
 
