@@ -195,7 +195,13 @@ def test_random_transforms_never_write_into_the_uncopied_memory_cache(tiny_cfg, 
                        "augment.random.scale_intensity.prob=1.0", "augment.random.shift_intensity.prob=1.0")
     dataset = data.train_loader.dataset
     assert isinstance(dataset, CacheDataset) and dataset.copy_cache is False
-    before = [{k: torch.as_tensor(v).clone() for k, v in item.items() if hasattr(v, "shape")} for item in dataset._cache]
+    def snapshot(item: dict) -> dict:  # tensors, and lists of them (the per-class crop indices)
+        return {k: [torch.as_tensor(e).clone() for e in v] if isinstance(v, (list, tuple)) else torch.as_tensor(v).clone()
+                for k, v in item.items() if hasattr(v, "shape") or isinstance(v, (list, tuple))}
+
+    before = [snapshot(item) for item in dataset._cache]
+    if augment == "default":  # its per-class crop indices are cached too
+        assert any(isinstance(v, list) for v in before[0].values())
     set_track_meta(False)  # as the trainer draws batches
     try:
         for _ in range(2):
@@ -204,5 +210,7 @@ def test_random_transforms_never_write_into_the_uncopied_memory_cache(tiny_cfg, 
     finally:
         set_track_meta(True)
     for item, saved in zip(dataset._cache, before):
+        now = snapshot(item)
         for key, value in saved.items():
-            assert torch.equal(torch.as_tensor(item[key]), value), key
+            pairs = zip(now[key], value) if isinstance(value, list) else [(now[key], value)]
+            assert len(now[key]) == len(value) and all(torch.equal(a, b) for a, b in pairs), key
