@@ -32,8 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import median_time, write_table  # noqa: E402
-
-EPOCH_LINE = re.compile(r"epoch (\d+)/\d+\s+loss \S+\s+lr \S+\s+([\d.]+)s")
+from benchmarks.ddp import epoch_seconds  # noqa: E402
 
 
 class UtilisationSampler:
@@ -73,7 +72,6 @@ def training(data: Path, minutes: float, rehearse: bool, work: Path) -> list[lis
                         "trainer.val_every=1", "trainer.budget_validations=1000", "trainer.log_images=false",
                         f"paths.cache_dir={work / 'cache'}", f"hydra.run.dir={run_dir}"], cwd=ROOT, check=True)
     log = (run_dir / "train.log").read_text()
-    epochs = [float(m.group(2)) for m in EPOCH_LINE.finditer(log)]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     steps = re.search(r"(\d+) training / \d+ validation cases", log)
     from medseg.core.checkpoint import load_checkpoint
@@ -81,7 +79,7 @@ def training(data: Path, minutes: float, rehearse: bool, work: Path) -> list[lis
     history = load_checkpoint(run_dir / "checkpoints" / "last.pt", map_location="cpu")["history"]
     reached = next((h["elapsed"] for h in history if h["metrics"].get("mean_dice", 0) >= 0.85), None)
     util = statistics.median(sampler.samples) if sampler.samples else float("nan")
-    epoch = statistics.median(epochs[1:] or epochs)
+    epoch = epoch_seconds(log)
     return [[f"{'hippocampus' if real else 'synthetic'} training epoch ({steps.group(1) if steps else '?'} cases)",
              epoch, "s", f"GPU utilisation median {util:.0f} %"],
             ["minutes to mean validation Dice 0.85", reached / 60 if reached is not None else "not reached", "min",

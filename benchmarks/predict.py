@@ -41,6 +41,7 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import write_table  # noqa: E402
+from medseg.inference.predictor import save_nifti  # noqa: E402
 
 SHAPE = (512, 512, 200)
 SPACING = (0.78, 0.78, 2.5)
@@ -79,11 +80,7 @@ def ct_like(seed: int, shape: tuple[int, int, int], spacing: tuple[float, float,
 
 
 def save(array: np.ndarray, spacing: tuple[float, float, float], path: Path) -> None:
-    affine = np.diag([*spacing, 1.0])
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))
+    save_nifti(array, np.diag([*spacing, 1.0]), path)
 
 
 def make_training_task(task: Path) -> None:

@@ -30,7 +30,7 @@ from medseg.core.errors import MedsegError
 from medseg.core.utils import channels_last, select_device
 from medseg.data.transforms import preprocessing
 from medseg.inference.inversion import labels_in_input_grid, supports_box_inversion
-from medseg.inference.sliding_window import average_logits, window_aligned_box
+from medseg.inference.sliding_window import logits_where_signal
 
 
 @dataclass
@@ -220,16 +220,9 @@ class Predictor:
     def _infer(self, data: dict[str, Any], with_probabilities: bool) -> Prediction:
         """Network, then back to the input grid: the one path of files and arrays."""
         x = data["image"]
-        # Only the windows that see signal run. Background after preprocessing is 0 (a [0, 1] CT window,
-        # skull-stripped MRI) or the clipped minimum (the plan's CT z-score): windows of it are skipped.
-        x_plain = x.as_tensor()
-        signal = ((x_plain != 0) & (x_plain != x_plain.amin(dim=tuple(range(1, x.dim())), keepdim=True))).any(dim=0)
-        box = window_aligned_box(signal, self.inferer.roi_size, _overlap(self.inferer))
-        logits_box = average_logits(self.models, x[None][(slice(None), slice(None), *box)], self.inferer, self.device,
-                                    self.amp, self.mirror_axes)[0]
-        logits = self.target.background_logits(logits_box.shape[0]).to(logits_box).view(-1, 1, 1, 1).repeat(1, *x.shape[1:])
-        logits[(slice(None), *box)] = logits_box  # stays where it was stitched (GPU: resampled there)
-        del logits_box
+        logits = logits_where_signal(self.models, x, self.inferer, self.device,
+                                     self.target.background_logits(int(self.cfg.dataset.num_classes)),
+                                     self.amp, self.mirror_axes)
         preview = {"image": x.as_tensor().cpu(), "pred": self.target.labels_from_logits(logits[None])[0].cpu()}
         pred = MetaTensor(logits, meta=x.meta, applied_operations=x.applied_operations)
         probabilities = None
@@ -248,11 +241,6 @@ class Predictor:
         if self.postprocess is not None:
             labels = self.postprocess(labels)
         return Prediction(np.asarray(labels[0]).astype(np.uint8), affine, probabilities, preview)
-
-
-def _overlap(inferer: Any) -> float:
-    overlap = inferer.overlap
-    return float(overlap[0] if isinstance(overlap, (list, tuple)) else overlap)
 
 
 def _channels_first(array: np.ndarray, in_channels: int) -> np.ndarray:

@@ -106,3 +106,29 @@ def window_aligned_box(nonzero: torch.Tensor, roi_size: Sequence[int], overlap: 
         touching = [s for s in starts if s <= last and s + roi > first]
         box.append(slice(touching[0], touching[-1] + roi))
     return tuple(box)
+
+
+def logits_where_signal(
+    models: Sequence[torch.nn.Module],
+    image: torch.Tensor,
+    inferer: Inferer,
+    device: torch.device,
+    background: torch.Tensor,
+    amp: bool = False,
+    mirror_axes: Sequence[int] | None = (),
+) -> torch.Tensor:
+    """:func:`average_logits` of one ``(C, *spatial)`` volume, run only on :func:`window_aligned_box`
+    of its signal; every other voxel gets the ``background`` logits ``(num_classes,)``.
+
+    Signal is any voxel neither 0 nor its channel's minimum after preprocessing: background is 0
+    (a [0, 1] CT window, skull-stripped MRI) or the clipped minimum (a z-scored CT window).
+    """
+    plain = torch.as_tensor(image)
+    low = plain.amin(dim=tuple(range(1, plain.dim())), keepdim=True)
+    signal = ((plain != 0) & (plain != low)).any(dim=0)
+    overlap = inferer.overlap[0] if isinstance(inferer.overlap, (list, tuple)) else inferer.overlap
+    box = (slice(None), *window_aligned_box(signal, inferer.roi_size, float(overlap)))
+    inside = average_logits(models, image[None][(slice(None), *box)], inferer, device, amp, mirror_axes)[0]
+    logits = background.to(inside).view(-1, *[1] * (plain.dim() - 1)).repeat(1, *plain.shape[1:])
+    logits[box] = inside  # stays where it was stitched (GPU: resampled there)
+    return logits
