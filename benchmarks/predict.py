@@ -41,7 +41,7 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import write_table  # noqa: E402
-from medseg.inference.predictor import save_nifti  # noqa: E402
+from medseg.inference.writers import save_nifti  # noqa: E402
 
 SHAPE = (512, 512, 200)
 SPACING = (0.78, 0.78, 2.5)

@@ -1,6 +1,6 @@
 """Segment new scans: ``python -m medseg.predict ckpt=.../best.pt input=scans/ output=preds/``.
 
-Writes ``<output>/<case>.nii.gz`` in each input's original geometry. A bad input file is
+Writes ``<output>/<case>.nii.gz`` (or the ``output_format`` chosen) in each input's original geometry. A bad input file is
 reported in one line and the others are still predicted; the exit code is non-zero if any failed.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -22,7 +23,8 @@ from medseg.core.threads import apply_thread_policy
 from medseg.core.utils import select_device
 from medseg.core.visualize import save_overlay_png
 from medseg.inference.cases import discover_cases
-from medseg.inference.predictor import Predictor, expand_checkpoints, save_nifti
+from medseg.inference.predictor import Predictor, expand_checkpoints
+from medseg.inference.writers import LabelWriter, save_nifti
 
 log = logging.getLogger("medseg.predict")
 
@@ -41,11 +43,11 @@ def refuse_overwriting_inputs(source: str | Path, output: Path) -> None:
                           "with the scans; choose an output folder outside the input")
 
 
-def _predict_case(predictor: Predictor, case: str, image: str | list[str], output: Path, cfg: DictConfig) -> Path:
+def _predict_case(predictor: Predictor, writer: LabelWriter, case: str, image: str | list[str], output: Path,
+                  cfg: DictConfig) -> Path:
     """Predicts and writes one case (labels, optional probabilities and overlay); returns the label file."""
     result = predictor(image, with_probabilities=cfg.save_probabilities)
-    path = output / f"{case}.nii.gz"
-    save_nifti(result.labels, result.affine, path)
+    path = writer(case, image, result.labels, result.affine, predictor.label_names, output)[0]
     if result.probabilities is not None:
         save_nifti(result.probabilities, result.affine, output / f"{case}_probabilities.nii.gz")
     if cfg.save_overlays:
@@ -71,13 +73,14 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         ckpts, select_device(cfg.device), OmegaConf.to_container(cfg.inferer), amp=cfg.amp,
         mirror_axes=None if cfg.tta else (), largest_component=cfg.largest_component,
     )
+    writer: LabelWriter = instantiate(cfg.output_format)
     cases, failed = discover_cases(cfg.input, predictor.in_channels)
     for line in failed:
         print(f"error: {line}", file=sys.stderr)
     written = []
     for case, image in tqdm(cases.items(), desc="predict", unit="case", disable=not sys.stderr.isatty()):
         try:
-            written.append(str(_predict_case(predictor, case, image, output, cfg)))
+            written.append(str(_predict_case(predictor, writer, case, image, output, cfg)))
         except Exception as err:  # one bad case never stops the others; each failure is named
             name = image if isinstance(image, str) else image[0]
             message = str(err) if isinstance(err, MedsegError) else f"{name}: prediction failed ({type(err).__name__}: {str(err)[:160]})"

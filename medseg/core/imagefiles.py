@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = VOLUME_SUFFIXES + IMAGE_2D_SUFFIXES
+
+
+def is_image_2d(path: str | Path) -> bool:
+    """A 2D picture format (PNG, JPEG, TIFF, BMP), read as a one-slice volume."""
+    return str(path).lower().endswith(IMAGE_2D_SUFFIXES)
 
 
 def case_id(path: str | Path) -> str:
     """File name without its image suffix (``liver_3.nii.gz`` -> ``liver_3``); folder name for DICOM."""
     name = Path(str(path).strip()).name
     for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
+        if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -254,13 +253,3 @@ def _channels_first(array: np.ndarray, in_channels: int) -> np.ndarray:
         hint = "; it looks channels first: pass np.moveaxis(array, 0, -1)"
     expected = "(X, Y, Z)" if in_channels == 1 else f"(X, Y, Z, {in_channels})"
     raise MedsegError(f"array of shape {array.shape} does not fit the model: it expects {expected}, channels last{hint}")
-
-
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Writes atomically (temp then rename), so an interrupted run leaves no truncated output."""
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    nib.save(img, str(tmp))
-    tmp.replace(path)
