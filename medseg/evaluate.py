@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import nibabel as nib
 import numpy as np
+from nibabel import orientations
 from omegaconf import DictConfig
 
 from medseg.core.config import CONF_DIR
 from medseg.core.errors import exit_on_user_error
 from medseg.core.folders import ensure_writable
+from medseg.core.imagefiles import IMAGE_SUFFIXES
+from medseg.data.readers import LabelMap, image_loader
 from medseg.core.visualize import save_overlay_png
 from medseg.metrics import report
 from medseg.metrics.scoring import declared_structures, score_folders
@@ -32,22 +34,31 @@ warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")  # MONAI
 def _image_for(images: Path | None, case: str) -> Path | None:
     if images is None:
         return None
-    for name in (f"{case}.nii.gz", f"{case}_0000.nii.gz", f"{case}.nii"):
-        if (images / name).is_file():
-            return images / name
+    for suffix in IMAGE_SUFFIXES:
+        for name in (f"{case}{suffix}", f"{case}_0000{suffix}"):
+            if (images / name).is_file():
+                return images / name
     return None
+
+
+def _canonical(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The array in RAS axis order (as ``nib.as_closest_canonical``), for pictures."""
+    transform = orientations.ornt_transform(orientations.io_orientation(affine), orientations.axcodes2ornt("RAS"))
+    return orientations.apply_orientation(array, transform)
 
 
 def _overlay_writer(output: Path, images: Path | None):
     """Draws image | reference | prediction through each scored case into ``overlays/``."""
     (output / "overlays").mkdir(exist_ok=True)
-    canon = nib.as_closest_canonical
 
-    def draw(case: str, pred_img: nib.Nifti1Image, ref_img: nib.Nifti1Image) -> None:
+    def draw(case: str, pred: LabelMap, ref: LabelMap) -> None:
         image_path = _image_for(images, case)
-        image = np.asarray(canon(nib.load(str(image_path))).dataobj) if image_path else np.zeros(ref_img.shape)
-        save_overlay_png(output / "overlays" / f"{case}.png", image, np.asarray(canon(pred_img).dataobj),
-                         np.asarray(canon(ref_img).dataobj), title=case)
+        image = np.zeros(ref.array.shape)
+        if image_path is not None:
+            loaded = image_loader(["image"])({"image": str(image_path)})["image"]
+            image = np.asarray(loaded[0]) if tuple(loaded.shape[1:]) == ref.array.shape else image
+        save_overlay_png(output / "overlays" / f"{case}.png", _canonical(image, ref.affine),
+                         _canonical(pred.array, ref.affine), _canonical(ref.array, ref.affine), title=case)
 
     return draw
 

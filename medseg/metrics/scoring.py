@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
 from medseg.core.errors import MedsegError
 from medseg.core.imagefiles import IMAGE_SUFFIXES, case_id
 from medseg.data.datalist import label_names as names_from_meta
+from medseg.data.readers import LabelMap, read_label_map
 from medseg.metrics.surface import mask_metrics
 
 Structures = dict[str, list[int]]  # structure name -> label values that make it up (several for regions)
@@ -70,7 +70,7 @@ def score_folders(
     ref_dir: Path,
     structures: Structures | None = None,
     nsd_tolerance_mm: float = 1.0,
-    on_case: Callable[[str, nib.Nifti1Image, nib.Nifti1Image], None] | None = None,
+    on_case: Callable[[str, LabelMap, LabelMap], None] | None = None,
 ) -> Scores:
     """Scores every case present in both folders.
 
@@ -89,17 +89,16 @@ def score_folders(
     per_case: dict[str, dict[int, dict[str, float]]] = {}
     for case in tqdm(sorted(set(preds) & set(refs)), desc="evaluate", unit="case", disable=not sys.stderr.isatty()):
         try:
-            ref_img, pred_img = nib.load(str(refs[case])), nib.load(str(preds[case]))
-            ref = np.asarray(ref_img.dataobj).astype(np.int64)
-            pred = np.asarray(pred_img.dataobj).astype(np.int64)
-        except Exception as err:
-            scores.problems.append(f"{case}: unreadable ({type(err).__name__}: {str(err)[:100]})")
+            ref_map, pred_map = read_label_map(refs[case]), read_label_map(preds[case])
+        except MedsegError as err:
+            scores.problems.append(f"{case}: {err}")
             continue
-        if ref.shape != pred.shape or not np.allclose(ref_img.affine, pred_img.affine, atol=1e-3):
+        ref, pred = ref_map.array, pred_map.array
+        if ref.shape != pred.shape or not np.allclose(ref_map.affine, pred_map.affine, atol=1e-3):
             scores.problems.append(f"{preds[case]}: geometry differs from {refs[case]} (shape {pred.shape} vs {ref.shape} "
                                    "or affine); predict in the reference's space")
             continue
-        spacing = ref_img.header.get_zooms()[:3]
+        spacing = ref_map.spacing[: ref.ndim]
         if structures is not None:
             for name, values in structures.items():
                 scores.rows.append({"case": case, "class": name, **mask_metrics(
@@ -110,7 +109,7 @@ def score_folders(
             found["pred"] |= in_pred
             per_case[case] = {v: mask_metrics(pred == v, ref == v, spacing, nsd_tolerance_mm) for v in sorted(in_ref | in_pred)}
         if on_case is not None:
-            on_case(case, pred_img, ref_img)
+            on_case(case, pred_map, ref_map)
     if structures is None:
         values = sorted(found["ref"] | found["pred"])
         both_empty = mask_metrics(np.zeros(1, bool), np.zeros(1, bool), (1.0,))

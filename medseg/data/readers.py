@@ -1,0 +1,91 @@
+"""Reading images and label maps: MONAI's loaders plus the formats medseg adds to them.
+
+``image_loader`` is the one ``LoadImaged`` of every preprocessing chain (training, validation,
+prediction); medseg's own readers are registered on it, so MONAI tries them first and only for the
+suffixes they claim, and every other file goes to MONAI's reader for its suffix as before.
+``read_label_map`` is what evaluation reads a label map with, whatever its format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from monai.data import ImageReader
+from monai.transforms import LoadImaged
+
+from medseg.core.errors import MedsegError
+
+
+def medseg_readers() -> list[ImageReader]:
+    """Readers medseg adds to MONAI's, tried first for the suffixes they claim."""
+    return []
+
+
+def image_loader(keys: Sequence[str]) -> LoadImaged:
+    """``LoadImaged`` (channel first, image only) that also reads medseg's formats."""
+    load = LoadImaged(keys=list(keys), ensure_channel_first=True, image_only=True)
+    for reader in medseg_readers():
+        load._loader.register(reader)
+    return load
+
+
+@dataclass
+class LabelMap:
+    """A label map as evaluation sees it: integer class values on the file's own grid."""
+
+    array: np.ndarray  # int64, (X, Y, Z); 2D maps have a singleton third axis
+    affine: np.ndarray  # 4x4 voxel-to-world (RAS, mm)
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(0)))
+
+
+def integral_labels(values: np.ndarray, where: str | Path, tolerance: float = 0.01) -> np.ndarray:
+    """Rounds a stored label map to class indices; refuses values that are not near an integer.
+
+    A label map saved as float (0.9999, 1.9999 after a resampling or a float export) is read as
+    the nearest class, never truncated; a map with values far from any integer is a probability
+    or intensity map, not labels.
+
+    Raises:
+        MedsegError: naming the file and an offending value.
+    """
+    array = np.asarray(values)
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+        return array.astype(np.int64)
+    if not np.isfinite(array).all():
+        raise MedsegError(f"{where}: holds NaN/Inf values; a label map holds class indices")
+    rounded = np.rint(array)
+    off = np.abs(array - rounded)
+    if off.max(initial=0) > tolerance:
+        worst = float(array.flat[int(np.argmax(off))])
+        raise MedsegError(f"{where}: holds non-integer values (e.g. {worst:g}); a label map holds class indices, "
+                          "not probabilities: write argmax labels")
+    return rounded.astype(np.int64)
+
+
+def read_label_map(path: str | Path) -> LabelMap:
+    """A label map file (NIfTI, or any format MONAI reads), rounded to class indices.
+
+    Raises:
+        MedsegError: the file cannot be read, or holds values that are not class indices.
+    """
+    path = Path(path)
+    try:
+        if path.name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            array, affine = np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
+        else:
+            loaded = image_loader(["label"])({"label": str(path)})["label"]
+            array, affine = np.asarray(loaded[0]), np.asarray(loaded.affine, dtype=np.float64)
+    except MedsegError:
+        raise
+    except Exception as err:  # readers raise many types for truncated or foreign files
+        raise MedsegError(f"{path}: unreadable ({type(err).__name__}: {str(err)[:100]})") from err
+    return LabelMap(integral_labels(array, path), affine)
