@@ -14,6 +14,7 @@ from monai import transforms as mt
 from omegaconf import DictConfig, OmegaConf
 
 from medseg.core.errors import MedsegError
+from medseg.data.readers import image_loader
 
 
 def is_nonzero(x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +43,7 @@ def preprocessing(
     """
     interp = tuple("nearest" if k == "label" else "bilinear" for k in keys)
     chain: list[Any] = [
-        mt.LoadImaged(keys=list(keys), ensure_channel_first=True, image_only=True),
+        image_loader(keys),
         mt.EnsureTyped(keys=list(keys), dtype=torch.float32),
         *(_flat(instantiate(cfg.label_transform, _convert_="all")) if "label" in keys and cfg.get("label_transform") else []),
         mt.Orientationd(keys=list(keys), axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
