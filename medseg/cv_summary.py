@@ -33,6 +33,22 @@ def _overrides(run_dir: Path) -> list[str]:
     return [o for o in overrides if not o.split("=")[0].lstrip("+~").startswith(("dataset.fold", "hydra."))]
 
 
+RUN_TRACES = ("train.log", ".hydra", "checkpoints", "split.json", ".medseg.lock")  # what a started run leaves
+
+
+def unfinished_runs(folders: list[Path]) -> list[Path]:
+    """Run folders below ``folders`` that a training started in but that hold no ``metrics.json``:
+    a fold that crashed, or is still running."""
+    found = set()
+    for folder in folders:
+        for trace in RUN_TRACES:
+            for path in folder.rglob(trace):
+                run = path.parent
+                if run != folder and ".hydra" not in run.parts and not (run / "metrics.json").is_file():
+                    found.add(run)
+    return sorted(found)
+
+
 def collect_runs(folders: list[Path]) -> list[dict[str, Any]]:
     """One record per finished run below ``folders``: setting, fold, best-validation metrics, folder."""
     runs = []
@@ -79,11 +95,21 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
+def missing_folds(table: list[dict[str, Any]]) -> list[str]:
+    """Settings that lack a fold another setting of the sweep has: "<setting>: fold k"."""
+    every = {f for row in table for f in row["folds"]}
+    return [f"{row['setting']}: fold {f}" for row in table for f in sorted(every - set(row["folds"]), key=str)]
+
+
+def _cell(mean: float, std: float) -> str:
+    return f"{mean:.4f} ± {std:.4f}" if np.isfinite(std) else f"{mean:.4f} ± n/a"
+
+
 def to_markdown(table: list[dict[str, Any]]) -> str:
     metrics = [k for k in table[0] if k not in ("setting", "folds")]
     lines = ["| setting | folds | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
     for row in table:
-        cells = [f"{row[m][0]:.4f} ± {row[m][1]:.4f}" for m in metrics]
+        cells = [_cell(*row[m]) for m in metrics]
         lines.append(f"| {row['setting']} | {','.join(map(str, row['folds']))} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -102,8 +128,17 @@ def write(table: list[dict[str, Any]], folder: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="sweep folder(s) holding the fold runs")
+    parser.add_argument("--partial", action="store_true",
+                        help="summarise the finished runs even if some folds crashed, are still running or are missing")
     args = parser.parse_args(argv)
     table = summarize(collect_runs(args.folders))
+    gaps = [f"{run}: no metrics.json (crashed or still running)" for run in unfinished_runs(args.folders)]
+    gaps += [f"{gap} has no finished run" for gap in missing_folds(table)]
+    for gap in gaps:
+        print(f"missing: {gap}", file=sys.stderr)
+    if gaps and not args.partial:
+        raise MedsegError(f"{len(gaps)} fold run(s) without results, first {gaps[0]}; wait for or rerun them, "
+                          "or pass --partial to summarise the finished ones only")
     ensure_writable(args.folders[0], "copy the sweep folder somewhere writable")
     write(table, args.folders[0])
     sys.stdout.write(to_markdown(table))

@@ -18,7 +18,7 @@ from medseg.inference.export import export_model
 def export(cfg: DictConfig) -> Path:
     """Exports ``cfg.ckpt`` as ``cfg.format`` into ``cfg.output``; returns the main file written."""
     ckpt = cfg.ckpt if isinstance(cfg.ckpt, str) else list(cfg.ckpt)
-    path = export_model(ckpt, str(cfg.format), cfg.output, opset=int(cfg.opset))
+    path = export_model(ckpt, str(cfg.format), cfg.output, opset=int(cfg.opset), overwrite=bool(cfg.overwrite))
     print(f"exported {cfg.ckpt} as {cfg.format}: {path}")
     return path
 

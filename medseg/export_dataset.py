@@ -36,7 +36,7 @@ ENDING = ".nii.gz"
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
     """``DatasetNNN_Name`` as nnU-Net names raw datasets (3-digit id, no underscore in the name)."""
-    if not 1 <= int(dataset_id) <= 999:
+    if isinstance(dataset_id, bool) or not str(dataset_id).strip().isdigit() or not 1 <= int(dataset_id) <= 999:
         raise MedsegError(f"dataset_id={dataset_id} must be 1..999 (nnU-Net's DatasetNNN_ folders)")
     clean = re.sub(r"[^A-Za-z0-9-]+", "", name)
     if not clean:
@@ -115,7 +115,8 @@ def _folds(data: dl.Datalist, dataset: DictConfig, cache_dir: str) -> list[dict[
     if data.fixed_val is not None:
         return [{"train": sorted(data.cases), "val": sorted(data.fixed_val)}]
     folder = beside_data(data.root, cache_dir, str(dataset.name))  # where training keeps it (read-only data: the cache)
-    return dl.load_or_create_splits(folder, list(data.cases), int(dataset.num_folds), int(dataset.split_seed))
+    return dl.load_or_create_splits(folder, list(data.cases), int(dataset.num_folds), int(dataset.split_seed),
+                                    groups=data.groups)
 
 
 def _test_cases(task_dir: Path, in_channels: int) -> dict[str, str | list[str]]:

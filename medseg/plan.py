@@ -15,8 +15,9 @@ from omegaconf import DictConfig, open_dict
 
 from medseg.core.config import CONF_DIR
 from medseg.core.errors import exit_on_user_error
+from medseg.engine.config_check import check_dataset_values
 from medseg.planning import apply_plan, command_line_overrides, plan_files
-from medseg.planning.plan import table
+from medseg.planning.plan import backup_path, table
 
 log = logging.getLogger("medseg.plan")
 
@@ -24,10 +25,12 @@ log = logging.getLogger("medseg.plan")
 def plan(cfg: DictConfig) -> Path:
     """Plans ``cfg.dataset`` (again, with ``force``) and returns the plan file's path."""
     overrides = command_line_overrides()
+    check_dataset_values(cfg)
     if cfg.get("force"):
         _, path, _ = plan_files(cfg, overrides)
-        path.replace(path.with_suffix(".yaml.bak"))
-        log.info("force=true: planning again (the old plan is kept as %s)", path.with_suffix(".yaml.bak").name)
+        backup = backup_path(path)
+        path.replace(backup)
+        log.info("force=true: planning again (the old plan is kept as %s)", backup.name)
     with open_dict(cfg):
         if str(cfg.dataset.get("plan") or "none") == "none":
             cfg.dataset.plan = "auto"  # asked for explicitly: plan even a dataset that trains unplanned

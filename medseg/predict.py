@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from medseg.core.config import CONF_DIR
 from medseg.core.errors import MedsegError, exit_on_user_error
-from medseg.core.folders import ensure_writable
+from medseg.core.folders import claim_folder
 from medseg.core.threads import apply_thread_policy
 from medseg.core.utils import select_device
 from medseg.core.visualize import save_overlay_png
@@ -66,7 +66,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     output = Path(cfg.output)
     refuse_overwriting_inputs(cfg.input, output)
     apply_thread_policy(cfg.get("threads", "auto"))
-    ensure_writable(output, "choose another output=")
+    with claim_folder(output, "predict", "choose another output="):  # two predicts into one folder would mix
+        return _predict_into(cfg, output)
+
+
+def _predict_into(cfg: DictConfig, output: Path) -> dict[str, Any]:
+    """:func:`predict` once the output folder is this process's."""
     ckpts = expand_checkpoints([cfg.ckpt] if isinstance(cfg.ckpt, str) else list(cfg.ckpt))
     log.info("%d checkpoint(s): %s", len(ckpts), ", ".join(ckpts))
     predictor = Predictor(

@@ -5,6 +5,7 @@ The Hydra entry is thin; :func:`train` is a plain function that tests and other 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -22,10 +23,11 @@ from medseg.core.config import CONF_DIR
 from medseg.core.errors import exit_on_user_error
 from medseg.core.threads import apply_thread_policy
 from medseg.core.utils import seed_everything
-from medseg.engine.config_check import check_train_config
-from medseg.engine.run_folder import prepare_run_folder, record_config
+from medseg.engine.config_check import check_dataset_values, check_train_config
+from medseg.core.folders import claim_folder
+from medseg.engine.run_folder import log_to, prepare_run_folder, record_config
 from medseg.engine.trainer import Trainer
-from medseg.planning import apply_plan
+from medseg.planning import apply_plan, command_line_overrides
 
 log = logging.getLogger("medseg.train")
 
@@ -45,10 +47,21 @@ def train(cfg: DictConfig, clock: Callable[[], float] = time.monotonic) -> dict[
     """
     device = distributed.setup(cfg.trainer.device)
     run_dir = Path(cfg.paths.output_dir)
+    with contextlib.ExitStack() as held:
+        if distributed.is_main():  # before anything is read or written: one job per run folder
+            held.enter_context(claim_folder(run_dir, "training", "choose another hydra.run.dir"))
+        distributed.barrier()
+        held.enter_context(log_to(run_dir / "train.log"))
+        return _train(cfg, run_dir, device, clock)
+
+
+def _train(cfg: DictConfig, run_dir: Path, device: torch.device, clock: Callable[[], float]) -> dict[str, Any]:
+    """:func:`train` once the run folder is this job's."""
     kept_plan = run_dir / ".hydra" / "plan.yaml"
     if cfg.trainer.resume and cfg.dataset.get("plan") == "auto" and kept_plan.is_file():
         with open_dict(cfg):  # a resumed run keeps the plan it started with, even if the data's plan changed since
             cfg.dataset.plan = str(kept_plan)
+    check_dataset_values(cfg)  # before planning around them (a negative spacing used to be planned and trained)
     with distributed.main_process_first():  # rank 0 fingerprints and plans; the others read its files
         plan = apply_plan(cfg)
     check_train_config(cfg)
@@ -56,7 +69,7 @@ def train(cfg: DictConfig, clock: Callable[[], float] = time.monotonic) -> dict[
     seed_everything(cfg.seed, cfg.trainer.deterministic)  # same seed on all ranks: same initial weights
     if distributed.is_main():
         prepare_run_folder(run_dir, cfg.trainer.resume)
-        record_config(cfg, plan, run_dir)
+        record_config(cfg, plan, run_dir, command_line_overrides())
     distributed.barrier()
 
     data = instantiate(cfg.task.builder).build(cfg)

@@ -41,6 +41,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or foreign files
         raise MedsegError(f"{path} is not a readable medseg checkpoint ({type(err).__name__}); point to best.pt or last.pt of a run") from err
-    if not isinstance(state, dict) or "model" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise MedsegError(f"{path} is not a medseg checkpoint (no 'model' entry)")
     return state
+
+
+def require_finite_weights(state: dict[str, Any], path: str | Path) -> None:
+    """Refuses a checkpoint whose network holds NaN/Inf: it would predict garbage (all background)
+    with exit code 0, or export it.
+
+    Raises:
+        MedsegError: naming the file and the first non-finite tensor.
+    """
+    bad = [name for name, tensor in state["model"].items()
+           if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise MedsegError(f"{path}: weight tensor '{bad[0]}' holds NaN/Inf ({len(bad)} tensor(s) non-finite); "
+                          "this model cannot be used: take another checkpoint (e.g. an earlier best.pt)")

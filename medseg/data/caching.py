@@ -25,6 +25,7 @@ import monai
 import nibabel as nib
 import numpy as np
 import psutil
+import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose
 from omegaconf import DictConfig, OmegaConf
@@ -148,6 +149,27 @@ def disk_cache_dir(root: str | Path, dataset_cfg: DictConfig, cached_augment: di
     return folder
 
 
+class HealingPersistentDataset(PersistentDataset):
+    """MONAI's ``PersistentDataset`` that recomputes an unreadable cache entry instead of failing.
+
+    A writer killed mid-write or a full disk can leave a truncated ``.pt`` file; MONAI recomputes
+    only files with a bad magic number and raises on the rest (a truncated zip archive), which broke
+    the cache for good. Any entry that does not load is now logged, deleted and recomputed.
+    """
+
+    def _cachecheck(self, item_transformed):
+        if self.cache_dir is not None:
+            name = f"{self.hash_func(item_transformed).decode('utf-8')}{self.transform_hash}.pt"
+            entry = Path(self.cache_dir) / name
+            if entry.is_file():
+                try:
+                    return torch.load(entry, weights_only=self.weights_only)
+                except Exception as err:  # truncated, corrupt or foreign: recompute it
+                    log.warning("disk cache entry %s is unreadable (%s): recomputing it", entry, type(err).__name__)
+                    entry.unlink(missing_ok=True)
+        return super()._cachecheck(item_transformed)
+
+
 class CacheMode:
     """What the loaders ask of a cache mode; the subclasses below are chosen by ``cache._target_``."""
 
@@ -227,4 +249,4 @@ class DiskCache(CacheMode):
     def build(self, cases, transform, dataset_cfg, cached_augment):
         folder = disk_cache_dir(self.root, dataset_cfg, cached_augment)
         log.info("disk cache: %s", folder)
-        return PersistentDataset(list(cases), transform, cache_dir=folder, hash_func=hash_case)
+        return HealingPersistentDataset(list(cases), transform, cache_dir=folder, hash_func=hash_case)

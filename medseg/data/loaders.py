@@ -4,6 +4,7 @@ way every task kind turns its datasets into loaders (``dataset.loader``)."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,10 @@ def _check(cfg: DictConfig, data: datalist.Datalist) -> None:
     files = [f for c in cases for key in ("image", "label") for f in ([c[key]] if isinstance(c[key], str) else c[key])]
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
-        raise MedsegError(f"{missing[0]} is listed for {where} but missing ({len(missing)} files missing); re-download or verify the data")
+        first = Path(missing[0])
+        what = (f"is a symlink to {os.readlink(first)}, which does not exist" if first.is_symlink()
+                else "is listed for " + str(where) + " but missing")
+        raise MedsegError(f"{first} {what} ({len(missing)} file(s) missing); re-download, fix the link or verify the data")
 
 
 def select_split(cfg: DictConfig, data: datalist.Datalist,
@@ -98,7 +102,7 @@ def select_split(cfg: DictConfig, data: datalist.Datalist,
     else:
         folder = state_dir or data.root
         folds = datalist.load_or_create_splits(folder, list(data.cases), cfg.num_folds, cfg.split_seed,
-                                               shipped=data.root if folder != data.root else None)
+                                               shipped=data.root if folder != data.root else None, groups=data.groups)
         where = str(folder / datalist.SPLITS_FILE)
     if cfg.fold == "all":
         log.warning("dataset.fold=all: training on all %d labelled cases; validation scores are on fold 0's "

@@ -26,7 +26,7 @@ from monai.transforms import MapTransform
 from medseg.core.errors import MedsegError
 from medseg.core.imagefiles import IMAGE_SUFFIXES
 from medseg.core.targets import Regions
-from medseg.data.datalist import Datalist
+from medseg.data.datalist import Datalist, check_folds
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,15 @@ def read_nnunet_json(root: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise MedsegError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err
+    if not isinstance(meta, dict):
+        raise MedsegError(f"{path} is not an nnU-Net v2 dataset.json (a JSON object with labels, channel_names, ...)")
     if "channel_names" not in meta and "modality" in meta:  # nnU-Net accepts the v1 spelling too
         meta["channel_names"] = meta["modality"]
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         hint = " (an MSD dataset.json: use dataset=msd/... or nnUNetv2_convert_MSD_dataset)" if "training" in meta else ""
         raise MedsegError(f"{path} lacks {', '.join(missing)}: not an nnU-Net v2 dataset.json{hint}")
+    _check_values(meta, path)
     ending = str(meta["file_ending"])
     if ending.lower() in ENDINGS_2D:
         raise MedsegError(f"{path}: file_ending '{ending}' is a 2D dataset; medseg trains 3D networks "
@@ -59,6 +62,39 @@ def read_nnunet_json(root: str | Path) -> dict[str, Any]:
     if ending not in FILE_ENDINGS:
         raise MedsegError(f"{path}: file_ending '{ending}' is not a 3D image format medseg reads ({', '.join(FILE_ENDINGS)})")
     return meta
+
+
+def _check_values(meta: Mapping[str, Any], path: Path) -> None:
+    """The types nnU-Net's own code assumes, checked so a malformed value is one line, not a traceback."""
+    if not isinstance(meta["labels"], dict) or not meta["labels"]:
+        raise MedsegError(f"{path}: labels must be an object {{\"background\": 0, \"name\": 1, ...}}, not "
+                          f"{type(meta['labels']).__name__}")
+    for name, value in meta["labels"].items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not values or not all(_whole_number(v) for v in values):
+            raise MedsegError(f"{path}: label '{name}' has value {value!r}; label values are whole numbers (0, 1, 2, ...)")
+    if not isinstance(meta["channel_names"], dict) or not meta["channel_names"]:
+        raise MedsegError(f"{path}: channel_names must be an object {{\"0\": \"CT\", ...}}")
+    if not _whole_number(meta["numTraining"]) or int(meta["numTraining"]) < 0:
+        raise MedsegError(f"{path}: numTraining={meta['numTraining']!r} is not a number of cases")
+    if not isinstance(meta["file_ending"], str):
+        raise MedsegError(f"{path}: file_ending={meta['file_ending']!r} must be a string such as \".nii.gz\"")
+    if "dataset" in meta:
+        if not isinstance(meta["dataset"], dict):
+            raise MedsegError(f"{path}: 'dataset' must map case ids to {{\"images\": [...], \"label\": ...}}")
+        for case, entry in meta["dataset"].items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("images"), list) or not isinstance(entry.get("label"), str):
+                raise MedsegError(f"{path}: dataset entry '{case}' needs \"images\": [file per channel] and \"label\": file")
+
+
+def _whole_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    if isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, str) and value.strip().lstrip("-").isdigit()
 
 
 def parse_labels(meta: Mapping[str, Any], where: str | Path = "dataset.json") -> tuple[dict[int, str], list[list[int]] | None]:
@@ -112,6 +148,10 @@ def channel_files(folder: Path, ending: str, num_channels: int, where: str | Pat
         MedsegError: no file has the declared ending (naming what the folder does hold), a file is
             not named ``<case>_XXXX<ending>``, a channel file is missing or one too many.
     """
+    dangling = sorted(p for p in folder.iterdir() if p.is_symlink() and not p.exists())
+    if dangling:
+        raise MedsegError(f"{dangling[0]} is a symlink to {os.readlink(dangling[0])}, which does not exist "
+                          f"({len(dangling)} dangling link(s) in {folder}); fix the link or restore the file")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
     matching = [p for p in files if p.name.endswith(ending)]
     others = [p for p in files if not p.name.endswith(ending) and p.name.lower().endswith(IMAGE_SUFFIXES + ENDINGS_2D)]
@@ -136,7 +176,7 @@ def channel_files(folder: Path, ending: str, num_channels: int, where: str | Pat
         if extra:
             raise MedsegError(f"{channels[extra[0]]}: channel {extra[0]} but {where} declares {num_channels} "
                               "channel(s) in channel_names")
-        out[case] = [str(channels[k].resolve()) for k in range(num_channels)]
+        out[case] = [os.path.abspath(channels[k]) for k in range(num_channels)]
     return out
 
 
@@ -170,8 +210,9 @@ def nnunet_cases(root: str | Path, meta: Mapping[str, Any] | None = None) -> dic
         for case, images in channel_files(images_dir, ending, num_channels, where).items():
             label = labels_dir / f"{case}{ending}"
             if not label.is_file():
-                raise MedsegError(f"{label} is missing: every case in {images_dir} needs its label")
-            cases[case] = {"image": _image_entry(images), "label": str(label.resolve())}
+                what = f"is a symlink to {os.readlink(label)}, which does not exist" if label.is_symlink() else "is missing"
+                raise MedsegError(f"{label} {what}: every case in {images_dir} needs its label")
+            cases[case] = {"image": _image_entry(images), "label": os.path.abspath(label)}
     if len(cases) != int(meta["numTraining"]):
         raise MedsegError(f"{where}: numTraining is {meta['numTraining']} but {len(cases)} labelled cases were found; "
                           "fix numTraining or the missing files")
@@ -210,15 +251,7 @@ def read_splits(path: str | Path, case_ids: Sequence[str]) -> list[dict[str, lis
         folds = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise MedsegError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err
-    if not isinstance(folds, list) or not folds or not all(isinstance(f, dict) and {"train", "val"} <= set(f) for f in folds):
-        raise MedsegError(f"{path} is not an nnU-Net split: expected a list of {{\"train\": [...], \"val\": [...]}} per fold")
-    known = set(case_ids)
-    for k, fold in enumerate(folds):
-        for part in ("train", "val"):
-            unknown = [c for c in fold[part] if c not in known]
-            if unknown:
-                raise MedsegError(f"{path}: fold {k} {part} lists case '{unknown[0]}' that is not in the dataset "
-                                  f"({len(unknown)} unknown); regenerate the split or restore the case")
+    check_folds(folds, case_ids, path)
     return [{"train": sorted(f["train"]), "val": sorted(f["val"])} for f in folds]
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from medseg.core.errors import MedsegError
-from medseg.planning.rules import network_divisor
+from medseg.planning.rules import network_divisors
+from medseg.planning.values import DATASET_RULES
 
 
 def _select(cfg: DictConfig, key: str) -> Any:
@@ -37,6 +38,8 @@ def check_train_config(cfg: DictConfig) -> None:
     minutes = _select(cfg, "trainer.max_minutes")
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
         raise MedsegError(f"trainer.max_minutes={minutes!r} must be a positive number of minutes (or null)")
+    check_dataset_values(cfg)
+    _check_inferer(cfg)
     model, classes = cfg.get("model"), _select(cfg, "dataset.num_classes")
     if model is None:
         return
@@ -44,13 +47,44 @@ def check_train_config(cfg: DictConfig) -> None:
         if key in model and model[key] != classes:
             raise MedsegError(f"model.{key}={model[key]} but dataset.num_classes={classes}: the network must output "
                               "one channel per class; drop the model override")
-    patch = _select(cfg, "dataset.patch_size")
+    patch = _plain(_select(cfg, "dataset.patch_size"))
     if patch is None:
         return
-    if any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in patch):
-        raise MedsegError(f"dataset.patch_size={list(patch)} must be positive whole numbers of voxels")
-    factor = network_divisor(model)
-    if factor and any(p % factor for p in patch):
-        fixed = [max(factor, int(round(p / factor)) * factor) for p in patch]
+    divisors = network_divisors(model, len(patch))
+    if divisors and any(p % d for p, d in zip(patch, divisors)):
+        fixed = [max(d, int(round(p / d)) * d) for p, d in zip(patch, divisors)]
+        factor = divisors[0] if len(set(divisors)) == 1 else "x".join(map(str, divisors))
         raise MedsegError(f"dataset.patch_size={list(patch)} is not divisible by {factor}, the down-sampling of "
                           f"{str(model._target_).rsplit('.', 1)[-1]}: use e.g. dataset.patch_size=[{','.join(map(str, fixed))}]")
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def check_dataset_values(cfg: DictConfig) -> None:
+    """The dataset's plannable values (from the command line, the dataset YAML or the plan), by the
+    same rules a plan file is checked with."""
+    dataset = cfg.get("dataset") or {}
+    for key, rule in DATASET_RULES.items():
+        if key not in dataset or key == "intensity":  # the intensity transform is the user's own config
+            continue
+        value = _plain(dataset.get(key))
+        if value is None and key in ("rot90_axes", "slice_axis"):
+            continue
+        problem = rule(value)
+        if problem:
+            raise MedsegError(f"dataset.{key}={value!r} {problem}")
+
+
+def _check_inferer(cfg: DictConfig) -> None:
+    inferer = cfg.get("inferer")
+    if inferer is None:
+        return
+    overlap = _plain(inferer.get("overlap"))
+    values = overlap if isinstance(overlap, list) else [overlap]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1 for v in values):
+        raise MedsegError(f"inferer.overlap={overlap!r} must be a number in [0, 1): the fraction windows share")
+    batch = inferer.get("sw_batch_size")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise MedsegError(f"inferer.sw_batch_size={batch!r} must be a whole number >= 1 (windows per network call)")

@@ -5,9 +5,10 @@ Checked before any data is cached or any epoch trained, so a mistake costs secon
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -40,15 +41,37 @@ def prepare_run_folder(run_dir: Path, resume: str | None) -> None:
         log.info("removed %s, left by an interrupted checkpoint write", debris)
 
 
-def record_config(cfg: DictConfig, plan: dict[str, Any] | None, run_dir: Path) -> None:
-    """``.hydra/config.yaml`` as the run uses it (the plan merged in) and the plan beside it as
-    ``.hydra/plan.yaml``: the run folder says which values made its model."""
+def record_config(cfg: DictConfig, plan: dict[str, Any] | None, run_dir: Path, overrides: list[str] | None = None) -> None:
+    """``.hydra/config.yaml`` as the run uses it (the plan merged in), the command line's
+    ``overrides.yaml`` and the plan as ``plan.yaml``: the run folder says which values made its model.
+
+    Written by medseg, not by Hydra at start-up, so a job refused at the folder's claim never
+    overwrites the record of the run that holds it.
+    """
     hydra_dir = run_dir / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
-    files = {"config.yaml": OmegaConf.to_yaml(cfg)}
+    files = {"config.yaml": OmegaConf.to_yaml(cfg), "overrides.yaml": yaml.safe_dump(list(overrides or []))}
     if plan is not None:
         files["plan.yaml"] = yaml.safe_dump(plan, sort_keys=False, default_flow_style=None, width=110)
     for name, text in files.items():  # temp file, then rename: never half-written
         tmp = hydra_dir / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(hydra_dir / name)
+
+
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job-logging format
+
+
+@contextlib.contextmanager
+def log_to(path: Path) -> Iterator[None]:
+    """Appends the root logger's records to ``path`` while the run holds its folder (Hydra's own file
+    handler is off: it would open the log of a run the job is then refused from)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()

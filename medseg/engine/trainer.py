@@ -22,8 +22,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from medseg.core import distributed
-from medseg.core.checkpoint import load_checkpoint, save_checkpoint
+from medseg.core.checkpoint import load_checkpoint, require_finite_weights, save_checkpoint
 from medseg.core.errors import MedsegError
+from medseg.core.trusted import trusted_config
 from medseg.core.threads import single_threaded
 from medseg.core.utils import autocast_context, channels_last
 from medseg.engine.protocols import TrainingData
@@ -137,6 +138,8 @@ class Trainer:
             log.info("resume=auto: no %s yet, starting from scratch", path)
             return
         state = load_checkpoint(path, map_location=self.device)
+        require_finite_weights(state, path)
+        trusted_config(state.get("config"), path)  # a tampered checkpoint is refused, not continued from
         try:
             self.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError) as err:  # another network, optimiser or task

@@ -24,7 +24,7 @@ from monai import transforms as mt
 from omegaconf import OmegaConf
 
 from medseg.core.errors import MedsegError
-from medseg.core.folders import ensure_writable
+from medseg.core.folders import claim_folder
 from medseg.core.targets import Regions
 from medseg.inference.predictor import Predictor, expand_checkpoints
 
@@ -32,7 +32,11 @@ FORMATS = ("bundle", "torchscript", "onnx")
 FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}
 
 
-def export_model(ckpt: str | Path | list[str | Path], fmt: str, output: str | Path, opset: int = 18) -> Path:
+MAIN_FILES = {"bundle": "configs/inference.json", **FILES}
+
+
+def export_model(ckpt: str | Path | list[str | Path], fmt: str, output: str | Path, opset: int = 18,
+                 overwrite: bool = False) -> Path:
     """Writes one checkpoint's network as ``fmt`` into the folder ``output``; returns the main file.
 
     Raises:
@@ -48,14 +52,18 @@ def export_model(ckpt: str | Path | list[str | Path], fmt: str, output: str | Pa
     ckpts = expand_checkpoints(list(ckpt) if isinstance(ckpt, (list, tuple)) else [ckpt])
     if len(ckpts) != 1:
         raise MedsegError(f"ckpt={ckpt} holds {len(ckpts)} checkpoints; export one at a time (ckpt=<run>/checkpoints/best.pt)")
+    existing = Path(output) / MAIN_FILES[fmt]
+    if existing.exists() and not overwrite:
+        raise MedsegError(f"{existing} already exists: export into a new folder, or add overwrite=true to replace it")
     predictor = Predictor(ckpts, torch.device("cpu"))
-    output = ensure_writable(output, "choose another output=")
-    if fmt == "bundle":
-        return export_bundle(predictor, output, source=ckpts[0])
-    path = output / FILES[fmt]
-    (export_torchscript if fmt == "torchscript" else export_onnx)(predictor, path, **({"opset": opset} if fmt == "onnx" else {}))
-    write_atomically(path.with_name(path.name + ".json"), lambda tmp: tmp.write_text(json.dumps(model_card(predictor), indent=2)))
-    return path
+    with claim_folder(output, "export", "choose another output="):
+        output = Path(output)
+        if fmt == "bundle":
+            return export_bundle(predictor, output, source=ckpts[0])
+        path = output / FILES[fmt]
+        (export_torchscript if fmt == "torchscript" else export_onnx)(predictor, path, **({"opset": opset} if fmt == "onnx" else {}))
+        write_atomically(path.with_name(path.name + ".json"), lambda tmp: tmp.write_text(json.dumps(model_card(predictor), indent=2)))
+        return path
 
 
 def write_atomically(path: Path, write: Callable[[Path], Any]) -> Path:

@@ -24,12 +24,17 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, KeepLargestConnectedComponent, LoadImaged
 from omegaconf import DictConfig, OmegaConf
 
-from medseg.core.checkpoint import load_checkpoint
+from medseg.core.checkpoint import load_checkpoint, require_finite_weights
 from medseg.core.errors import MedsegError
+from medseg.core.trusted import trusted_config
 from medseg.core.utils import channels_last, select_device
 from medseg.data.transforms import preprocessing
 from medseg.inference.inversion import labels_in_input_grid, supports_box_inversion
 from medseg.inference.sliding_window import logits_where_signal
+
+
+MAX_VOXEL_MM = 1000.0  # a voxel larger than a metre is a unit mistake, not a scan
+MAX_RESAMPLED_VOXELS = 2.0 ** 31  # beyond this the resampled scan would not fit any machine's memory
 
 
 @dataclass
@@ -50,6 +55,43 @@ def expand_checkpoints(entries: list[str | Path]) -> list[str]:
             raise MedsegError(f"no checkpoints/best.pt below {entry}; point ckpt= to a run or sweep folder, or a .pt file")
         ckpts += [str(f) for f in found]
     return ckpts
+
+
+def _label_names(state: dict[str, Any], path: str | Path) -> dict[str, str]:
+    """The checkpoint's ``{"index": "name"}`` label names, checked to be just that."""
+    names = state.get("label_names")
+    if not isinstance(names, dict) or not names or not all(
+            isinstance(k, str) and k.lstrip("-").isdigit() and isinstance(v, str) for k, v in names.items()):
+        raise MedsegError(f"{path}: its label_names entry is not a {{index: name}} mapping; point to a medseg checkpoint")
+    return names
+
+
+def check_inferer_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The sliding-window changes a user asked for (None = keep the checkpoint's), checked up front.
+
+    Raises:
+        MedsegError: naming the key, its value and the range it must be in.
+    """
+    chosen = {k: v for k, v in overrides.items() if v is not None}
+    known = {"overlap", "mode", "sw_batch_size", "device", "sw_device"}
+    for key in chosen:
+        if key not in known:
+            raise MedsegError(f"inferer.{key} is not a sliding-window setting medseg changes ({', '.join(sorted(known))})")
+    overlap = chosen.get("overlap")
+    if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1):
+        raise MedsegError(f"inferer.overlap={overlap!r} must be a number in [0, 1): the fraction windows share")
+    if "mode" in chosen and chosen["mode"] not in ("constant", "gaussian"):
+        raise MedsegError(f"inferer.mode={chosen['mode']!r} must be constant or gaussian")
+    batch = chosen.get("sw_batch_size")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise MedsegError(f"inferer.sw_batch_size={batch!r} must be a whole number >= 1 (windows per network call)")
+    for key in ("device", "sw_device"):
+        if key in chosen:
+            try:
+                torch.device(str(chosen[key]))
+            except RuntimeError as err:
+                raise MedsegError(f"inferer.{key}={chosen[key]!r} is not a device ({err}); use cpu or cuda[:N]") from err
+    return chosen
 
 
 def _same_task(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -81,6 +123,7 @@ class Predictor:
     ):
         if not checkpoints:
             raise MedsegError("no checkpoint given: ckpt=<run>/checkpoints/best.pt (or a list for an ensemble)")
+        inferer_overrides = check_inferer_overrides(inferer_overrides or {})
         self.device = device
         self.amp = amp
         self.mirror_axes = mirror_axes
@@ -88,7 +131,9 @@ class Predictor:
         first = None
         for path in checkpoints:
             state = load_checkpoint(path, map_location="cpu")
-            config, names = state["config"], state["label_names"]
+            require_finite_weights(state, path)
+            # Values only: every _target_ is checked against medseg's own configs before anything is built.
+            config, names = trusted_config(state.get("config"), path), _label_names(state, path)
             if first is None:
                 first = (path, config, names)
             elif names != first[2] or not _same_task(config, first[1]):
@@ -109,14 +154,15 @@ class Predictor:
             planned = self.cfg.dataset.get("mirror_axes")
             self.mirror_axes = tuple(range(3)) if planned is None else tuple(int(a) for a in planned)
         self.target = instantiate(self.cfg.dataset.target)
-        inferer_cfg = OmegaConf.merge(self.cfg.inferer, {k: v for k, v in (inferer_overrides or {}).items() if v is not None})
+        inferer_cfg = OmegaConf.merge(self.cfg.inferer, inferer_overrides)
         self.inferer = instantiate(inferer_cfg)
         # The whole field of view: the windows are cropped instead (window_aligned_box), so that
         # the sliding windows, and the labels, are those of the uncropped scan.
         self.transform = preprocessing(self.cfg.dataset, keys=("image",), crop_foreground=False)
         # The same transform objects minus the reader: arrays and files take one path, and
         # ``Invertd`` (driven by each tensor's applied operations) undoes either.
-        self.array_transform = Compose([t for t in self.transform.transforms if not isinstance(t, LoadImaged)])
+        self.loader = next(t for t in self.transform.transforms if isinstance(t, LoadImaged))
+        self.array_transform = Compose([t for t in self.transform.transforms if t is not self.loader])
         self.postprocess = (
             KeepLargestConnectedComponent(applied_labels=sorted(k for k in self.label_names if k != 0), independent=True)
             if largest_component else None
@@ -154,17 +200,26 @@ class Predictor:
         """Reads and preprocesses one case; errors name the file."""
         name = image if isinstance(image, str) else image[0]
         try:
-            data = self.transform({"image": image})
+            data = self.loader({"image": image})
         except Exception as err:  # readers raise many types for truncated or foreign files
             cause = err.__cause__ or err
             raise MedsegError(f"{name}: cannot be read as an image ({type(cause).__name__}: {str(cause)[:120]})") from err
-        channels = data["image"].shape[0]
-        if channels != self.in_channels:
+        scan = data["image"]
+        finite = torch.isfinite(scan)
+        if not bool(finite.all()):
+            raise MedsegError(f"{name}: holds {int(scan.numel() - finite.sum())} NaN/Inf voxel(s); "
+                              "fix the file (replace them with the background value)")
+        if scan.shape[0] != self.in_channels:
             raise MedsegError(
-                f"{name}: has {channels} channel(s) but the model expects {self.in_channels} "
+                f"{name}: has {scan.shape[0]} channel(s) but the model expects {self.in_channels} "
                 f"({self.cfg.dataset.name}); give a {self.in_channels}-channel image or one file per channel"
             )
-        return data
+        self._check_geometry(tuple(scan.shape[1:]), np.asarray(scan.affine, dtype=np.float64), name)
+        try:
+            return self.array_transform(data)
+        except Exception as err:
+            cause = err.__cause__ or err
+            raise MedsegError(f"{name}: cannot be preprocessed ({type(cause).__name__}: {str(cause)[:120]})") from err
 
     def predict_file(self, image: str | Path | list[str], with_probabilities: bool = False) -> Prediction:
         """Segments one scan file (or one file per channel), as ``medseg.predict`` writes it."""
@@ -201,20 +256,39 @@ class Predictor:
         Raises:
             MedsegError: the array's shape or the geometry does not fit the model.
         """
-        x = _channels_first(np.asarray(array), self.in_channels)
+        x = _channels_first(_checked_array(array), self.in_channels)
         if (spacing is None) == (affine is None):
             raise MedsegError("give either spacing=(sx, sy, sz) in mm or affine=<4x4 voxel-to-world matrix>, not both or neither")
         if affine is None:
-            if len(spacing) != 3 or min(spacing) <= 0:
-                raise MedsegError(f"spacing={tuple(spacing)} must be 3 positive voxel sizes in mm (X, Y, Z)")
-            affine = np.diag([*map(float, spacing), 1.0])
+            spacing = np.asarray(spacing, dtype=np.float64).ravel() if np.ndim(spacing) else np.asarray([spacing], np.float64)
+            if spacing.size != 3 or not np.isfinite(spacing).all() or spacing.min() <= 0:
+                raise MedsegError(f"spacing={tuple(spacing.tolist())} must be 3 positive, finite voxel sizes in mm (X, Y, Z)")
+            affine = np.diag([*spacing.tolist(), 1.0])
         affine = np.asarray(affine, dtype=np.float64)
-        if affine.shape != (4, 4) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-            raise MedsegError(f"affine of shape {affine.shape} is not an invertible 4x4 voxel-to-world matrix")
+        if affine.shape != (4, 4) or not np.isfinite(affine).all():
+            raise MedsegError(f"affine must be a finite 4x4 voxel-to-world matrix (got shape {affine.shape}"
+                              f"{', with NaN/Inf' if affine.shape == (4, 4) else ''})")
+        if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            raise MedsegError("affine is singular (a zero voxel size or collinear axes); give the scan's real voxel-to-world matrix")
+        self._check_geometry(x.shape[1:], affine, "array")
         meta = {"affine": torch.as_tensor(affine), "original_affine": affine.copy(),
                 "spatial_shape": np.asarray(x.shape[1:]), "space": "RAS", "filename_or_obj": "array"}
         image = MetaTensor(torch.as_tensor(x, dtype=torch.float32), meta=meta)
         return self._infer(self.array_transform({"image": image}), with_probabilities)
+
+    def _check_geometry(self, shape: tuple[int, ...], affine: np.ndarray, name: str) -> None:
+        """Voxel sizes a scan can have, and a resampled grid that fits in memory: a spacing of 1e6 mm
+        would otherwise ask the resampler for an astronomically large volume."""
+        spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
+        if spacing.max() > MAX_VOXEL_MM:
+            raise MedsegError(f"{name}: voxel size {spacing.round(3).tolist()} mm is over {MAX_VOXEL_MM:g} mm; "
+                              "give the spacing in millimetres")
+        target = np.asarray(self.cfg.dataset.spacing, dtype=np.float64)
+        target = np.resize(target, spacing.shape) if target.size != spacing.size else target
+        voxels = float(np.prod(np.ceil(np.asarray(shape[: spacing.size], float) * spacing / target)))
+        if voxels > MAX_RESAMPLED_VOXELS:
+            raise MedsegError(f"{name}: resampled to the model's {target.tolist()} mm it would hold {voxels:.3g} voxels "
+                              f"(over {MAX_RESAMPLED_VOXELS:.3g}); check the spacing or affine given")
 
     def _infer(self, data: dict[str, Any], with_probabilities: bool) -> Prediction:
         """Network, then back to the input grid: the one path of files and arrays."""
@@ -240,6 +314,23 @@ class Predictor:
         if self.postprocess is not None:
             labels = self.postprocess(labels)
         return Prediction(np.asarray(labels[0]).astype(np.uint8), affine, probabilities, preview)
+
+
+def _checked_array(array: Any) -> np.ndarray:
+    """A real-valued, non-empty, finite image array; anything else is one line naming the problem."""
+    array = np.asarray(array)
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise MedsegError(f"array of dtype {array.dtype} is not an image: give real intensities "
+                          "(integer or float; a boolean mask or complex data is not a scan)")
+    if array.size == 0:
+        raise MedsegError(f"array of shape {array.shape} is empty")
+    if np.issubdtype(array.dtype, np.floating):
+        finite = np.isfinite(array)
+        if not finite.all():
+            first = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise MedsegError(f"array holds {int(array.size - finite.sum())} NaN/Inf value(s), e.g. at index {first}; "
+                              "replace them (e.g. with the background value) before predicting")
+    return array
 
 
 def _channels_first(array: np.ndarray, in_channels: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from medseg.data.loaders import resolve_task_dir
 from medseg.planning.fingerprint import FINGERPRINT_FILE, load_or_compute
 from medseg.planning.plan import (
     PLAN_FILE,
+    backup_path,
     make_plan,
     merge,
     read_plan,
@@ -109,9 +110,10 @@ def plan_files(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[dict[str
         if made.get("key") == fingerprint["key"] and made.get("planned_with", planned_with) == planned_with:
             log.info("plan: %s", path)
             return plan, path, fingerprint
-        shutil.copyfile(path, path.with_suffix(".yaml.bak"))
+        backup = backup_path(path)
+        shutil.copyfile(path, backup)
         log.warning("%s was planned for other data or settings (planner, modality, network): planning again "
-                    "(the old file is kept as %s)", path, path.with_suffix(".yaml.bak").name)
+                    "(the old file is kept as %s)", path, backup.name)
     plan = make_plan(fingerprint, str(dataset.modality), cfg.planner, extra_divisor=_extra_divisor(cfg, overrides))
     plan["fingerprint"]["planned_with"] = planned_with
     write_plan(plan, path, str(dataset.name))

@@ -153,7 +153,7 @@ def load_or_compute(cases: Sequence[dict[str, Any]], in_channels: int, label_val
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
-            if saved.get("key") == key:
+            if isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("per_case"), list):
                 log.info("fingerprint of %d cases: %s", len(cases), path)
                 return saved
         except (OSError, json.JSONDecodeError):

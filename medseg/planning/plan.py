@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medseg.core.errors import MedsegError
 from medseg.planning import rules
+from medseg.planning.values import check_plan
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +173,18 @@ def read_plan(path: Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError) as err:
         raise MedsegError(f"{path}: cannot be read as a plan ({type(err).__name__}); fix it, delete it to plan "
                           "again, or train with dataset.plan=none") from err
-    if not isinstance(plan, dict) or not isinstance(plan.get("dataset"), dict):
-        raise MedsegError(f"{path}: has no `dataset:` section; delete it to plan again, or train with dataset.plan=none")
+    check_plan(plan, str(path))
     return plan
+
+
+def backup_path(path: Path) -> Path:
+    """A backup name that does not exist yet (``.yaml.bak``, ``.yaml.bak1``, ...): planning again twice
+    never overwrites the backup that holds the user's hand edit."""
+    candidate, n = path.with_suffix(path.suffix + ".bak"), 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_suffix(f"{path.suffix}.bak{n}")
+    return candidate
 
 
 def table(plan: dict[str, Any], model_target: str | None = None) -> str:

@@ -197,6 +197,19 @@ def unet_channels(levels: int, base: int, cap: int) -> list[int]:
 TOKEN_DIVISORS = {"monai.networks.nets.SwinUNETR": 32, "monai.networks.nets.UNETR": 16}
 
 
+def network_divisors(model: Any, ndim: int) -> list[int] | None:
+    """What a configured network needs each patch axis to be a multiple of, per axis (per-axis stride
+    lists, as planned for anisotropic data, included), or None when its config does not say."""
+    strides = model.get("strides") if str(model.get("_target_", "")) not in TOKEN_DIVISORS else None
+    if strides is not None and any(hasattr(s, "__len__") for s in strides):
+        per_axis = [[int(v) for v in s] if hasattr(s, "__len__") else [int(s)] * ndim for s in strides]
+        if any(len(s) != ndim for s in per_axis):
+            return None
+        return [math.prod(s[i] for s in per_axis) for i in range(ndim)]
+    factor = network_divisor(model)
+    return None if factor is None else [factor] * ndim
+
+
 def network_divisor(model: Any) -> int | None:
     """How much a configured network shrinks a patch (the patch must be a multiple), or None when
     its config does not say (per-axis stride lists are planned, not checked, here)."""
