@@ -8,6 +8,8 @@ suffixes they claim, and every other file goes to MONAI's reader for its suffix 
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,11 +19,17 @@ from monai.data import ImageReader
 from monai.transforms import LoadImaged
 
 from medseg.core.errors import MedsegError
+from medseg.data.dicom_reader import DicomSeriesReader
+
+# With pydicom installed (medseg's DICOM dependency), MONAI >= 1.6 builds its GPU DICOM reader in every
+# LoadImage and warns, each time, that nvImageCodec is absent; medseg reads DICOM with DicomSeriesReader.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register")
 
 
 def medseg_readers() -> list[ImageReader]:
     """Readers medseg adds to MONAI's, tried first for the suffixes they claim."""
-    return []
+    return [DicomSeriesReader()]  # DICOM series folders: checked and ordered before ITK reads them
 
 
 def image_loader(keys: Sequence[str]) -> LoadImaged:
