@@ -4,7 +4,9 @@ A writer gets the prediction in the input's own voxel grid and the input it came
 that must point back at its source (a DICOM Segmentation referencing the scan's instances) can.
 Every writer writes to a temporary name and renames, so an interrupted run leaves nothing that
 looks complete. ``auto`` picks the format that matches the input: PNG label maps for 2D images,
-NIfTI for everything else; ``nrrd`` keeps the input's space directions and origin in NRRD.
+NIfTI for everything else; ``nrrd`` keeps the input's space directions and origin in NRRD; the
+DICOM SEG writer lives in :mod:`medseg.inference.dicom_seg`. A writer that cannot write for some
+inputs defines ``check_source(source)``, which ``medseg.predict`` calls before predicting the case.
 """
 
 from __future__ import annotations
