@@ -3,7 +3,8 @@
 ``image_loader`` is the one ``LoadImaged`` of every preprocessing chain (training, validation,
 prediction); medseg's own readers are registered on it, so MONAI tries them first and only for the
 suffixes they claim, and every other file goes to MONAI's reader for its suffix as before.
-``read_label_map`` is what evaluation reads a label map with, whatever its format.
+``read_label_map`` is what evaluation reads a label map with, whatever its format (a DICOM SEG
+included, placed on the grid of the series it references).
 """
 
 from __future__ import annotations
@@ -76,15 +77,23 @@ def integral_labels(values: np.ndarray, where: str | Path, tolerance: float = 0.
     return rounded.astype(np.int64)
 
 
-def read_label_map(path: str | Path) -> LabelMap:
-    """A label map file (NIfTI, or any format MONAI reads), rounded to class indices.
+def read_label_map(path: str | Path, series_dirs: Sequence[str | Path] = ()) -> LabelMap:
+    """A label map file (NIfTI, a DICOM SEG, or any format MONAI reads), rounded to class indices.
+
+    Args:
+        series_dirs: where a DICOM SEG's source series may be, besides the SEG's own folder; the
+            SEG is read onto that series' grid (:mod:`medseg.data.dicom_seg`).
 
     Raises:
         MedsegError: the file cannot be read, or holds values that are not class indices.
     """
     path = Path(path)
     try:
-        if path.name.endswith((".nii", ".nii.gz")):
+        if path.suffix.lower() == ".dcm":
+            from medseg.data.dicom_seg import read_segmentation  # highdicom: imported when a SEG is read
+
+            array, affine = read_segmentation(path, series_dirs)
+        elif path.name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
             img = nib.load(str(path))
