@@ -176,7 +176,8 @@ def test_seg_written_by_medseg_reads_back_with_highdicom_and_scores_against_its_
     liver = onto(read_label_map(CT / "liver_seg.nrrd"), series_affine).astype(np.uint8)
     preds = tmp_path / "preds"
     preds.mkdir()
-    path = DicomSegWriter()("ct", str(CT), liver, series_affine, {0: "background", 1: "liver"}, preds)[0]
+    codes = {"liver": {"category": [91723000, "SCT", "Anatomical Structure"], "type": [10200004, "SCT", "Liver"]}}
+    path = DicomSegWriter(codes=codes)("ct", str(CT), liver, series_affine, {0: "background", 1: "liver"}, preds)[0]
     assert path == preds / "ct.dcm" and [p.name for p in preds.iterdir()] == ["ct.dcm"]  # no temp file left
 
     seg = hd.seg.segread(path)
@@ -186,6 +187,7 @@ def test_seg_written_by_medseg_reads_back_with_highdicom_and_scores_against_its_
     assert referenced.SeriesInstanceUID == sources[0].SeriesInstanceUID
     assert sorted(r.ReferencedSOPInstanceUID for r in referenced.ReferencedInstanceSequence) == sorted(uids)
     assert [(s.SegmentNumber, s.SegmentLabel) for s in seg.SegmentSequence] == [(1, "liver")]
+    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"  # SNOMED CT liver
     for key in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID", "AccessionNumber"):
         assert seg.get(key) == sources[0].get(key), key
     frames = seg.get_pixels_by_source_instance(uids, combine_segments=True)  # highdicom's own reading, by source slice
@@ -215,6 +217,7 @@ def test_predict_on_a_real_series_writes_a_seg_that_pydicom_and_highdicom_load(t
     assert dataset.Modality == "SEG" and dataset.PatientID == pydicom.dcmread(CT / "01.dcm").PatientID
     seg = hd.seg.segread(out / "ct-3slice_dcmqi.dcm")
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "spleen"]  # the checkpoint's label names
+    assert seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "99MEDSEG"
     assert read_label_map(out / "ct-3slice_dcmqi.dcm", [CT]).array.shape == (512, 512, 3)
 
     # a NIfTI input has no instances to reference: refused before it is predicted, one line

@@ -35,25 +35,26 @@ def _medseg_version() -> str:
         return "unknown"
 
 
-def _concept(spec: Any, label: str) -> hd.sr.CodedConcept:
-    """``[value, scheme, meaning]`` from the config, else the label's name in medseg's private scheme."""
+def _concept(spec: Any, default: tuple[str, str]) -> hd.sr.CodedConcept:
+    """``[value, scheme, meaning]`` from the config, else ``(value, meaning)`` in medseg's private scheme."""
     if spec:
         value, scheme, meaning = (str(v) for v in spec)
         return hd.sr.CodedConcept(value, scheme, meaning)
-    return hd.sr.CodedConcept(label, PRIVATE_SCHEME, label)
+    return hd.sr.CodedConcept(default[0], PRIVATE_SCHEME, default[1])
 
 
 class DicomSegWriter:
     """``<case>.dcm``: a binary DICOM SEG with one segment per foreground label of the checkpoint.
 
     Segment ``n`` is the ``n``-th foreground label in value order (label ``n`` itself for labels
-    ``1..N``), named after it, empty where nothing was found. Property codes default to the label
-    name in the private scheme ``99MEDSEG``; ``codes`` maps a label name to standard ones.
+    ``1..N``), named after it, empty where nothing was found. Property codes default to the private
+    scheme ``99MEDSEG`` (type: the label name; category: "medseg label"); ``codes`` maps a label name
+    to standard ones.
 
     Args:
         series_description: the SEG series' description.
         codes: ``{label name: {category: [value, scheme, meaning], type: [value, scheme, meaning]}}``,
-            e.g. ``liver: {category: [123037004, SCT, Anatomical Structure], type: [10200004, SCT, Liver]}``.
+            e.g. ``liver: {category: [91723000, SCT, Anatomical Structure], type: [10200004, SCT, Liver]}``.
     """
 
     suffix = ".dcm"
@@ -78,8 +79,8 @@ class DicomSegWriter:
             spec = self.codes.get(name) or {}
             described.append(hd.seg.SegmentDescription(
                 segment_number=number, segment_label=name,
-                segmented_property_category=_concept(spec.get("category"), name),
-                segmented_property_type=_concept(spec.get("type"), name),
+                segmented_property_category=_concept(spec.get("category"), ("label", "medseg label")),
+                segmented_property_type=_concept(spec.get("type"), (name, name)),
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm))
         return described
 
