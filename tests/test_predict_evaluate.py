@@ -99,7 +99,20 @@ def test_predict_returns_original_geometry_and_segments(trained, synthetic_data_
 def write_ct_series(src: Path, folder: Path) -> None:
     """``src`` as a CT series with its geometry (position, orientation, spacing per slice), as
     SimpleITK's DICOM series example writes one. (ITK's series writer alone writes Secondary Capture
-    files without any geometry, which medseg refuses.)"""
+    files without any geometry, which medseg refuses.)
+
+    SimpleITK's DICOM writer, given tags, leaves the process locale at "C" (ASCII), which breaks every
+    later ``read_text()`` of a UTF-8 file in this pytest process: the locale is put back."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_ct_series(src, folder)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_ct_series(src: Path, folder: Path) -> None:
     import pydicom
     import SimpleITK as sitk
 
