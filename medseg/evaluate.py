@@ -34,6 +34,8 @@ warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")  # MONAI
 def _image_for(images: Path | None, case: str) -> Path | None:
     if images is None:
         return None
+    if (images / case).is_dir():  # a DICOM series folder
+        return images / case
     for suffix in IMAGE_SUFFIXES:
         for name in (f"{case}{suffix}", f"{case}_0000{suffix}"):
             if (images / name).is_file():
@@ -73,7 +75,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ensure_writable(output, "choose another output=")
     structures = declared_structures(cfg.get("regions"), cfg.get("labels"), ref_dir)
     draw = _overlay_writer(output, Path(cfg.images) if cfg.images else None) if cfg.overlays else None
-    scores = score_folders(pred_dir, ref_dir, structures, cfg.nsd_tolerance_mm, on_case=draw)
+    scores = score_folders(pred_dir, ref_dir, structures, cfg.nsd_tolerance_mm, on_case=draw,
+                           series_dirs=[Path(cfg.images)] if cfg.images else [])  # DICOM SEGs' source series
     summary = report.summarize(scores)
     report.write_files(scores, summary, output, cfg.nsd_tolerance_mm)
     if cfg.overlays and scores.rows:

@@ -46,6 +46,8 @@ def refuse_overwriting_inputs(source: str | Path, output: Path) -> None:
 def _predict_case(predictor: Predictor, writer: LabelWriter, case: str, image: str | list[str], output: Path,
                   cfg: DictConfig) -> Path:
     """Predicts and writes one case (labels, optional probabilities and overlay); returns the label file."""
+    if hasattr(writer, "check_source"):  # a format that cannot be written for this input: say so before predicting
+        writer.check_source(image)
     result = predictor(image, with_probabilities=cfg.save_probabilities)
     path = writer(case, image, result.labels, result.affine, predictor.label_names, output)[0]
     if result.probabilities is not None:

@@ -3,11 +3,14 @@
 ``image_loader`` is the one ``LoadImaged`` of every preprocessing chain (training, validation,
 prediction); medseg's own readers are registered on it, so MONAI tries them first and only for the
 suffixes they claim, and every other file goes to MONAI's reader for its suffix as before.
-``read_label_map`` is what evaluation reads a label map with, whatever its format.
+``read_label_map`` is what evaluation reads a label map with, whatever its format (a DICOM SEG
+included, placed on the grid of the series it references).
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,11 +20,17 @@ from monai.data import ImageReader
 from monai.transforms import LoadImaged
 
 from medseg.core.errors import MedsegError
+from medseg.data.dicom_reader import DicomSeriesReader
+
+# With pydicom installed (medseg's DICOM dependency), MONAI >= 1.6 builds its GPU DICOM reader in every
+# LoadImage and warns, each time, that nvImageCodec is absent; medseg reads DICOM with DicomSeriesReader.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register")
 
 
 def medseg_readers() -> list[ImageReader]:
     """Readers medseg adds to MONAI's, tried first for the suffixes they claim."""
-    return []
+    return [DicomSeriesReader()]  # DICOM series folders: checked and ordered before ITK reads them
 
 
 def image_loader(keys: Sequence[str]) -> LoadImaged:
@@ -68,15 +77,23 @@ def integral_labels(values: np.ndarray, where: str | Path, tolerance: float = 0.
     return rounded.astype(np.int64)
 
 
-def read_label_map(path: str | Path) -> LabelMap:
-    """A label map file (NIfTI, or any format MONAI reads), rounded to class indices.
+def read_label_map(path: str | Path, series_dirs: Sequence[str | Path] = ()) -> LabelMap:
+    """A label map file (NIfTI, a DICOM SEG, or any format MONAI reads), rounded to class indices.
+
+    Args:
+        series_dirs: where a DICOM SEG's source series may be, besides the SEG's own folder; the
+            SEG is read onto that series' grid (:mod:`medseg.data.dicom_seg`).
 
     Raises:
         MedsegError: the file cannot be read, or holds values that are not class indices.
     """
     path = Path(path)
     try:
-        if path.name.endswith((".nii", ".nii.gz")):
+        if path.suffix.lower() == ".dcm":
+            from medseg.data.dicom_seg import read_segmentation  # highdicom: imported when a SEG is read
+
+            array, affine = read_segmentation(path, series_dirs)
+        elif path.name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
             img = nib.load(str(path))

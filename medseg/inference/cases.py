@@ -1,4 +1,4 @@
-"""Finding the scans to predict: image files, DICOM series folders, one file per channel."""
+"""Finding the scans to predict: image files, DICOM series, one file per channel."""
 
 from __future__ import annotations
 
@@ -7,30 +7,34 @@ from pathlib import Path
 
 from medseg.core.errors import MedsegError
 from medseg.core.imagefiles import IMAGE_SUFFIXES, case_id
+from medseg.data.dicom_series import image_series, is_dicom_dir, series_number, series_source
 
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net style case_0000.nii.gz
 
 
-def is_dicom_dir(path: Path) -> bool:
-    """A folder holding DICOM files (``.dcm`` or the ``DICM`` magic at byte 128)."""
-    if not path.is_dir():
-        return False
-    for f in sorted(path.iterdir())[:5]:
-        if f.is_file():
-            if f.suffix.lower() == ".dcm":
-                return True
-            with open(f, "rb") as fh:
-                fh.seek(128)
-                if fh.read(4) == b"DICM":
-                    return True
-    return False
+def dicom_cases(folder: Path) -> dict[str, str]:
+    """One case per image series in a DICOM folder, never two series in one volume.
+
+    A folder holding one image series is the case ``<folder>``; one holding several gives
+    ``<folder>_<SeriesNumber>`` each (``<folder>_<SeriesInstanceUID>`` when the numbers are missing
+    or repeat), read from ``<folder>#series=<SeriesInstanceUID>``. Non-image objects (SEG,
+    RTSTRUCT, SR, ...) are not cases. An empty result means: no image series in the folder.
+    """
+    groups = image_series(folder)
+    if len(groups) <= 1:
+        return {folder.name: str(folder)} if groups else {}
+    numbers = [series_number(items) for items in groups.values()]
+    distinct = None not in numbers and len(set(numbers)) == len(numbers)
+    cases = {f"{folder.name}_{number if distinct else uid}": series_source(folder, uid) for uid, number in zip(groups, numbers)}
+    return dict(sorted(cases.items()))
 
 
 def discover_cases(source: str | Path, in_channels: int = 1) -> tuple[dict[str, str | list[str]], list[str]]:
     """Cases to predict under ``source`` and the entries that are not images.
 
     Args:
-        source: an image file, a DICOM series folder, or a folder of images / series folders.
+        source: an image file, a DICOM folder, or a folder of images / DICOM folders (a DICOM
+            folder gives one case per image series: :func:`dicom_cases`).
         in_channels: for multi-channel models, files named ``<case>_0000``, ``<case>_0001``, ... are
             grouped into one case (channel-per-file); a single 4D file per case also works.
 
@@ -40,8 +44,13 @@ def discover_cases(source: str | Path, in_channels: int = 1) -> tuple[dict[str, 
     source = Path(source)
     if not source.exists():
         raise MedsegError(f"input {source} does not exist")
-    if source.is_file() or is_dicom_dir(source):
+    if source.is_file():
         return {case_id(source): str(source)}, []
+    if is_dicom_dir(source):
+        series = dicom_cases(source)
+        if not series:
+            raise MedsegError(f"{source} holds no DICOM image series (only objects such as SEG or RTSTRUCT)")
+        return dict(series), []
     cases: dict[str, str | list[str]] = {}
     per_channel: dict[str, dict[int, str]] = {}
     skipped = []
@@ -50,7 +59,10 @@ def discover_cases(source: str | Path, in_channels: int = 1) -> tuple[dict[str, 
             continue
         if entry.is_dir():
             if is_dicom_dir(entry):
-                cases[entry.name] = str(entry)
+                series = dicom_cases(entry)
+                cases.update(series)
+                if not series:
+                    skipped.append(f"{entry}: holds no DICOM image series (only objects such as SEG or RTSTRUCT); skipped")
             else:
                 skipped.append(f"{entry}: folder without DICOM files; skipped")
             continue

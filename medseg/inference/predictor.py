@@ -25,7 +25,7 @@ from monai.transforms import Compose, Invertd, KeepLargestConnectedComponent, Lo
 from omegaconf import DictConfig, OmegaConf
 
 from medseg.core.checkpoint import load_checkpoint, require_finite_weights
-from medseg.core.errors import MedsegError
+from medseg.core.errors import MedsegError, user_error_in
 from medseg.core.trusted import trusted_config
 from medseg.core.utils import channels_last, select_device
 from medseg.data.transforms import preprocessing
@@ -202,6 +202,9 @@ class Predictor:
         try:
             data = self.loader({"image": image})
         except Exception as err:  # readers raise many types for truncated or foreign files
+            refusal = user_error_in(err)  # a reader's own one-line refusal (a DICOM series with a gap) stays as it is
+            if refusal is not None:
+                raise refusal from None
             cause = err.__cause__ or err
             raise MedsegError(f"{name}: cannot be read as an image ({type(cause).__name__}: {str(cause)[:120]})") from err
         scan = data["image"]

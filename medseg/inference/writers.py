@@ -4,7 +4,9 @@ A writer gets the prediction in the input's own voxel grid and the input it came
 that must point back at its source (a DICOM Segmentation referencing the scan's instances) can.
 Every writer writes to a temporary name and renames, so an interrupted run leaves nothing that
 looks complete. ``auto`` picks the format that matches the input: PNG label maps for 2D images,
-NIfTI for everything else.
+NIfTI for everything else; ``nrrd`` keeps the input's space directions and origin in NRRD; the
+DICOM SEG writer lives in :mod:`medseg.inference.dicom_seg`. A writer that cannot write for some
+inputs defines ``check_source(source)``, which ``medseg.predict`` calls before predicting the case.
 """
 
 from __future__ import annotations
@@ -83,3 +85,26 @@ class AutoWriter:
         first = source if isinstance(source, str) else source[0]
         writer = self.png if is_image_2d(first) else self.nifti
         return writer(case, source, labels, affine, label_names, output)
+
+
+class NrrdWriter:
+    """``<case>.nrrd``: the label map with the input's space directions and origin (uint8, gzip).
+
+    Written by MONAI's ``ITKWriter``, which turns the RAS affine back into the LPS ``space
+    directions`` / ``space origin`` that ITK and 3D Slicer read (and write: an NRRD input keeps its
+    geometry through predict).
+    """
+
+    suffix = ".nrrd"
+
+    def __call__(self, case, source, labels, affine, label_names, output):
+        from monai.data import ITKWriter
+
+        path = output / f"{case}{self.suffix}"
+        tmp = path.with_name(f".{path.name}.tmp.nrrd")  # ITK picks the format by the suffix
+        writer = ITKWriter(output_dtype=np.uint8, affine_lps_to_ras=True)
+        writer.set_data_array(np.asarray(labels), channel_dim=None)
+        writer.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
+        writer.write(str(tmp), compression=True)
+        tmp.replace(path)
+        return [path]

@@ -11,13 +11,13 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from medseg.core.errors import MedsegError
-from medseg.core.imagefiles import IMAGE_SUFFIXES, case_id
+from medseg.core.imagefiles import DICOM_SUFFIX, IMAGE_SUFFIXES, case_id
 from medseg.data.datalist import label_names as names_from_meta
 from medseg.data.readers import LabelMap, read_label_map
 from medseg.metrics.surface import mask_metrics
@@ -40,11 +40,13 @@ class Scores:
 
 
 def label_files(folder: Path) -> dict[str, Path]:
-    """``{case id: file}`` of the label maps in ``folder`` (probability maps and hidden files skipped)."""
+    """``{case id: file}`` of the label maps in ``folder`` (probability maps and hidden files skipped);
+    ``<case>.dcm`` files are DICOM SEGs."""
     if not folder.is_dir():
         raise MedsegError(f"{folder} is not a folder of label maps")
     return {case_id(p): p for p in sorted(folder.iterdir())
-            if p.name.endswith(IMAGE_SUFFIXES) and not p.name.startswith(".") and not case_id(p).endswith("_probabilities")}
+            if p.name.lower().endswith((*IMAGE_SUFFIXES, DICOM_SUFFIX)) and not p.name.startswith(".")
+            and not case_id(p).endswith("_probabilities")}
 
 
 def declared_structures(regions: Mapping[Any, Any] | None, labels: Mapping[Any, Any] | None, ref_dir: Path) -> Structures | None:
@@ -71,6 +73,7 @@ def score_folders(
     structures: Structures | None = None,
     nsd_tolerance_mm: float = 1.0,
     on_case: Callable[[str, LabelMap, LabelMap], None] | None = None,
+    series_dirs: Sequence[Path] = (),
 ) -> Scores:
     """Scores every case present in both folders.
 
@@ -80,6 +83,7 @@ def score_folders(
             and a value found only in predictions is scored and noted.
         on_case: called with ``(case, prediction image, reference image)`` for each scored case
             (pictures).
+        series_dirs: folders holding the source series of DICOM SEG files (besides each SEG's folder).
     """
     preds, refs = label_files(pred_dir), label_files(ref_dir)
     scores = Scores()
@@ -89,7 +93,7 @@ def score_folders(
     per_case: dict[str, dict[int, dict[str, float]]] = {}
     for case in tqdm(sorted(set(preds) & set(refs)), desc="evaluate", unit="case", disable=not sys.stderr.isatty()):
         try:
-            ref_map, pred_map = read_label_map(refs[case]), read_label_map(preds[case])
+            ref_map, pred_map = read_label_map(refs[case], series_dirs), read_label_map(preds[case], series_dirs)
         except MedsegError as err:
             scores.problems.append(f"{case}: {err}")
             continue
