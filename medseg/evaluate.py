@@ -19,11 +19,11 @@ from nibabel import orientations
 from omegaconf import DictConfig
 
 from medseg.core.config import CONF_DIR
-from medseg.core.errors import exit_on_user_error
+from medseg.core.errors import MedsegError, exit_on_user_error
 from medseg.core.folders import ensure_writable
 from medseg.core.imagefiles import IMAGE_SUFFIXES
-from medseg.data.readers import LabelMap, image_loader
 from medseg.core.visualize import save_overlay_png
+from medseg.data.readers import LabelMap, image_loader
 from medseg.metrics import report
 from medseg.metrics.scoring import declared_structures, score_folders
 
@@ -75,10 +75,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ensure_writable(output, "choose another output=")
     structures = declared_structures(cfg.get("regions"), cfg.get("labels"), ref_dir)
     draw = _overlay_writer(output, Path(cfg.images) if cfg.images else None) if cfg.overlays else None
+    metric = str(cfg.get("metric", "standard"))
+    if metric not in ("standard", "medsegbench"):
+        raise MedsegError(f"metric={metric} is not a metric set; use standard or medsegbench")
     scores = score_folders(pred_dir, ref_dir, structures, cfg.nsd_tolerance_mm, on_case=draw,
-                           series_dirs=[Path(cfg.images)] if cfg.images else [])  # DICOM SEGs' source series
+                           series_dirs=[Path(cfg.images)] if cfg.images else [],  # DICOM SEGs' source series
+                           medsegbench=metric == "medsegbench")
     summary = report.summarize(scores)
-    report.write_files(scores, summary, output, cfg.nsd_tolerance_mm)
+    msb = None
+    if metric == "medsegbench":  # classes: the declared ones plus background, else the values found
+        declared = max((v for vs in structures.values() for v in vs), default=0) + 1 if structures else None
+        msb = scores.medsegbench(declared)
+    report.write_files(scores, summary, output, cfg.nsd_tolerance_mm, msb)
     if cfg.overlays and scores.rows:
         report.dice_plot(scores, output / "dice_per_class.png")
     for line in scores.problems:
@@ -86,8 +94,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for line in scores.notes:
         print(f"note: {line}", file=sys.stderr)
     print(report.table(summary))
+    if msb is not None:
+        print(f"MedSegBench Dice (their per-image definition): {msb[1]:.4f}")
     print(f"{scores.cases} case(s) scored; results in {output}")
-    return {"rows": scores.rows, "summary": summary, "problems": scores.problems, "notes": scores.notes}
+    return {"rows": scores.rows, "summary": summary, "problems": scores.problems, "notes": scores.notes,
+            **({"medsegbench_dice": msb[1]} if msb is not None else {})}
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")

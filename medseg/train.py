@@ -21,12 +21,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from medseg.core import distributed
 from medseg.core.config import CONF_DIR
 from medseg.core.errors import exit_on_user_error
+from medseg.core.folders import claim_folder
+from medseg.core.networks import build_network
 from medseg.core.threads import apply_thread_policy
 from medseg.core.utils import seed_everything
 from medseg.engine.config_check import check_dataset_values, check_train_config
-from medseg.core.folders import claim_folder
 from medseg.engine.run_folder import log_to, prepare_run_folder, record_config
 from medseg.engine.trainer import Trainer
+from medseg.engine.validation_export import export_validation
 from medseg.planning import apply_plan, command_line_overrides
 
 log = logging.getLogger("medseg.train")
@@ -76,7 +78,7 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, clock: Callable
     if distributed.is_main():
         (run_dir / "split.json").write_text(json.dumps({"fold": cfg.dataset.get("fold"), **data.split}, indent=2))
 
-    model = instantiate(cfg.model)
+    model = build_network(cfg.model, cfg.dataset.get("slice_axis"))  # 2D configuration: a 2D network on slices
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer) if cfg.get("scheduler") else None
     trainer = Trainer(
@@ -100,6 +102,9 @@ def _train(cfg: DictConfig, run_dir: Path, device: torch.device, clock: Callable
     if "test" in result:
         result["summary"] += "\ntest " + ", ".join(f"{k.upper()} {v:.4f}" for k, v in result["test"]["metrics"].items())
     result["world_size"] = distributed.world_size()
+    exclusive = OmegaConf.select(cfg, "dataset.target._target_") == "medseg.core.targets.ClassLabels"
+    if cfg.trainer.get("export_validation") and exclusive and distributed.is_main():  # probabilities argmax: exclusive classes
+        export_validation(cfg, run_dir, data.split["val"], device)
     log.info("%s; run folder: %s", result["summary"], run_dir)
     if distributed.is_main():
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))

@@ -26,6 +26,7 @@ from medseg.core.folders import FolderClaim
 from tests.conftest import ROOT, TINY
 from tests.test_faults import _label_folders, _nifti, assert_one_line, checksums, run_checked, run_entry
 
+
 @pytest.fixture(scope="module")
 def task_template(tmp_path_factory) -> Path:
     from medseg.data.datalist import load_or_create_splits, msd_datalist

@@ -155,7 +155,9 @@ def test_classes_in_a_fixed_order_are_not_mirrored_along_it(tmp_path):
 
 def test_anisotropic_ct_plan_with_dynunet(tmp_path):
     task = make_task(tmp_path, "Task91_Ct", [(96, 96, 12)] * 3, (0.8, 0.8, 5.0))
-    cfg, plan = planned(task, tmp_path, "model=dynunet")
+    _, default = planned(task, tmp_path, "model=dynunet")
+    assert default["dataset"]["configuration"] == "2d"  # 12 slices of 5 mm: thick and few (tests/test_configurations.py)
+    cfg, plan = planned(task, tmp_path, "model=dynunet", "dataset.configuration=3d")
     fingerprint = json.loads((task / FINGERPRINT_FILE).read_text())
     assert plan["dataset"]["spacing"] == [0.8, 0.8, 5.0]
     assert cfg.dataset.mirror_axes == [0, 1]  # the 5 mm axis is not mirrored (one class: no order to keep)

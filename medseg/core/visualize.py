@@ -40,6 +40,8 @@ def overlay_slices(
     panels = [_colorize(img[..., z], np.zeros_like(ref[..., z]), num_classes),
               _colorize(img[..., z], ref[..., z], num_classes),
               _colorize(img[..., z], prd[..., z], num_classes)]
+    if img.shape[-1] == 1:  # a 2D image: as the file shows it (rows down)
+        return np.concatenate(panels, axis=1).astype(np.float32)
     # RAS array (x right->left, y posterior->anterior): transpose so y is rows, flip so anterior is up.
     return np.concatenate([np.flipud(p.transpose(1, 0, 2)) for p in panels], axis=1).astype(np.float32)
 
@@ -75,10 +77,15 @@ def save_overlay_png(
     mask = (refs if refs is not None and refs.any() else prd) > 0
     center = tuple(int(round(c)) for c in np.argwhere(mask).mean(0)) if mask.any() else tuple(s // 2 for s in img.shape)
     columns = [("image", np.zeros_like(prd))] + ([("reference", refs)] if refs is not None else []) + [("prediction", prd)]
-    fig, axes = plt.subplots(3, len(columns), figsize=(3.2 * len(columns), 9.6), squeeze=False)
-    for row, view in enumerate(("axial", "coronal", "sagittal")):
+    picture = img.shape[2] == 1  # a 2D image (one slice): shown as the file shows it, rows down
+    views = ("image plane",) if picture else ("axial", "coronal", "sagittal")
+    height = 3.2 * img.shape[0] / img.shape[1] if picture else 3.2
+    fig, axes = plt.subplots(len(views), len(columns), figsize=(3.2 * len(columns), height * len(views) + 0.4), squeeze=False)
+    for row, view in enumerate(views):
         for col, (name, labels) in enumerate(columns):
-            axes[row, col].imshow(_colorize(_views(img, center)[row], _views(labels, center)[row], 0), aspect="auto")
+            plane, plane_labels = ((img[:, :, 0], labels[:, :, 0]) if picture
+                                   else (_views(img, center)[row], _views(labels, center)[row]))
+            axes[row, col].imshow(_colorize(plane, plane_labels, 0), aspect="equal" if picture else "auto")
             axes[row, col].set_axis_off()
             if row == 0:
                 axes[row, col].set_title(name)

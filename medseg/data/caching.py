@@ -31,6 +31,7 @@ from monai.transforms import Compose
 from omegaconf import DictConfig, OmegaConf
 
 from medseg.core.errors import MedsegError
+from medseg.core.imagefiles import is_image_2d
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,21 @@ def _first_file(entry: str | Sequence[str]) -> str:
 def estimate_case_bytes(case: dict[str, Any], spacing: Sequence[float], in_channels: int) -> int:
     """Upper bound of one cached case: float32 image channels + float32 label at the target spacing.
 
-    Read from the NIfTI header only (no voxel data). The foreground crop usually shrinks the
-    volume, so the real cache is smaller; per-class crop indices are capped
-    (``max_samples_per_class``) and negligible next to the arrays.
+    Read from the file header only (no voxel data): NIfTI through nibabel, 2D images through PIL.
+    The foreground crop usually shrinks the volume, so the real cache is smaller; per-class crop
+    indices are capped (``max_samples_per_class``) and negligible next to the arrays.
     """
-    header = nib.load(_first_file(case["image"])).header
-    shape, zooms = np.array(header.get_data_shape()[:3], float), np.array(header.get_zooms()[:3], float)
-    voxels = float(np.prod(np.ceil(shape * zooms / np.asarray(spacing, float))))
+    first = _first_file(case["image"])
+    if is_image_2d(first):
+        from PIL import Image
+
+        with Image.open(first) as img:
+            shape, zooms = np.array([img.height, img.width, 1], float), np.ones(3)
+    else:
+        header = nib.load(first).header
+        shape, zooms = np.array(header.get_data_shape()[:3], float), np.array(header.get_zooms()[:3], float)
+    target = np.where(np.asarray(spacing, float) > 0, np.asarray(spacing, float), zooms)  # 0 keeps the stored spacing
+    voxels = float(np.prod(np.ceil(shape * zooms / target)))
     channels = max(in_channels, 1 if isinstance(case["image"], str) else len(case["image"]))
     return int(voxels * 4 * (channels + ("label" in case)))
 

@@ -24,21 +24,26 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from medseg.core.errors import MedsegError
+from medseg.core.errors import MedsegError, user_error_in
+from medseg.core.imagefiles import is_image_2d
+from medseg.data.images2d import mask_problem
+from medseg.data.readers import load_array
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _read(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Voxels and voxel-to-world affine of one file (nibabel for NIfTI, ITK through MONAI otherwise)."""
+def _read(path: str, kind: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """Voxels and voxel-to-world affine of one file (nibabel for NIfTI, medseg's readers otherwise)."""
     if path.endswith((".nii", ".nii.gz")):
         img = nib.load(path)
         return np.asanyarray(img.dataobj), np.asarray(img.affine)
-    from monai.transforms import LoadImage
+    return load_array(path, kind)
 
-    data = LoadImage(image_only=True)(path)
-    return np.asarray(data), np.asarray(data.affine)
+
+def _describe_error(err: BaseException) -> str:
+    user = user_error_in(err)
+    return str(user) if user is not None else ""
 
 
 def _describe(err: BaseException) -> str:
@@ -71,7 +76,8 @@ def read_case(case: dict[str, Any], in_channels: int, label_values: set[int] | N
         try:
             data, affine = _read(path)
         except Exception as err:  # readers raise many types for truncated or foreign files
-            problems.append(f"{path}: cannot be read as an image ({_describe(err)}); re-download or re-export it")
+            problems.append(_describe_error(err) or f"{path}: cannot be read as an image ({_describe(err)}); "
+                            "re-download or re-export it")
             continue
         if data.ndim not in (3, 4):
             problems.append(f"{path}: is {data.ndim}D (shape {tuple(data.shape)}) but training expects 3D volumes "
@@ -87,6 +93,8 @@ def read_case(case: dict[str, Any], in_channels: int, label_values: set[int] | N
             bad = int(np.size(data) - np.isfinite(data).sum())
             problems.append(f"{path}: has {bad} NaN/Inf voxel(s); fix the file (e.g. replace them with the background "
                             "value) or leave the case out")
+    if channels == 1 and in_channels > 1 and all(is_image_2d(p) for p in images):
+        channels = in_channels  # a grey picture in a colour set: the loader repeats it (Image2DReader)
     if grid is not None and not problems and channels != in_channels:
         problems.append(f"{images[0]}: has {channels} channel(s) but the dataset expects {in_channels} "
                         "(dataset.in_channels); give one file per channel or a 4D file")
@@ -94,9 +102,10 @@ def read_case(case: dict[str, Any], in_channels: int, label_values: set[int] | N
     if label is None or grid is None:
         return read
     try:
-        labels, label_affine = _read(label)
+        labels, label_affine = _read(label, "mask")
     except Exception as err:
-        problems.append(f"{label}: cannot be read as a label map ({_describe(err)}); re-download or re-export it")
+        problems.append(_describe_error(err) or f"{label}: cannot be read as a label map ({_describe(err)}); "
+                        "re-download or re-export it")
         return read
     read.label = labels
     if labels.shape[:3] != grid[0] or labels.ndim != 3:
@@ -105,7 +114,11 @@ def read_case(case: dict[str, Any], in_channels: int, label_values: set[int] | N
     elif not np.allclose(label_affine, grid[1], rtol=1e-3, atol=1e-2):
         problems.append(f"{label}: affine (orientation/spacing/origin) differs from its image {images[0]}; "
                         "resample the label onto the image's grid")
-    if label_values is not None:
+    if label_values is not None and is_image_2d(label):  # 2D masks (0/255 ones already read as 0/1)
+        problem = mask_problem(labels, len(label_values), label)
+        if problem:
+            problems.append(problem)
+    elif label_values is not None:
         values = np.unique(labels)
         if not np.allclose(values, np.round(values)):
             problems.append(f"{label}: holds non-integer values ({values[~np.isclose(values, np.round(values))][:3]}); "

@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 SPLITS_FINAL = "splits_final.json"
 REQUIRED_KEYS = ("labels", "channel_names", "numTraining", "file_ending")
-FILE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
-ENDINGS_2D = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+ENDINGS_2D = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")  # nnU-Net's NaturalImage2DIO (and Tiff)
+FILE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", *ENDINGS_2D)
 
 
 def read_nnunet_json(root: str | Path) -> dict[str, Any]:
@@ -56,11 +56,8 @@ def read_nnunet_json(root: str | Path) -> dict[str, Any]:
         raise MedsegError(f"{path} lacks {', '.join(missing)}: not an nnU-Net v2 dataset.json{hint}")
     _check_values(meta, path)
     ending = str(meta["file_ending"])
-    if ending.lower() in ENDINGS_2D:
-        raise MedsegError(f"{path}: file_ending '{ending}' is a 2D dataset; medseg trains 3D networks "
-                          f"(supported: {', '.join(FILE_ENDINGS)})")
-    if ending not in FILE_ENDINGS:
-        raise MedsegError(f"{path}: file_ending '{ending}' is not a 3D image format medseg reads ({', '.join(FILE_ENDINGS)})")
+    if ending.lower() not in FILE_ENDINGS:
+        raise MedsegError(f"{path}: file_ending '{ending}' is not an image format medseg reads ({', '.join(FILE_ENDINGS)})")
     return meta
 
 
@@ -160,6 +157,11 @@ def channel_files(folder: Path, ending: str, num_channels: int, where: str | Pat
         fix = f"set file_ending to '{found}'" if not matching else "convert or remove it"
         raise MedsegError(f"{others[0]} does not end with file_ending '{ending}' of {where}; {fix}")
     pattern = _channel_pattern(ending)
+    # nnU-Net's 2D RGB convention: one file <case>_0000.png holds R, G and B (channel_names R, G, B)
+    one_rgb_file = ending.lower() in ENDINGS_2D and num_channels == 3 and not any(
+        (m := pattern.match(p.name)) is not None and m["channel"] != "0000" for p in matching)
+    if one_rgb_file:
+        num_channels = 1
     cases: dict[str, dict[int, Path]] = {}
     for path in matching:
         match = pattern.match(path.name)
@@ -289,7 +291,9 @@ def dataset_fact(fact: str, root: str) -> Any:
         return len(parse_labels(meta, Path(root) / "dataset.json")[0])
     if fact == "modality":
         return str(meta["channel_names"].get("0", next(iter(meta["channel_names"].values()))))
-    raise MedsegError(f"${{medseg_nnunet:{fact},...}}: unknown fact '{fact}' (num_classes, in_channels, modality)")
+    if fact == "image_kind":
+        return "2d" if str(meta["file_ending"]).lower() in ENDINGS_2D else "volume"
+    raise MedsegError(f"${{medseg_nnunet:{fact},...}}: unknown fact '{fact}' (num_classes, in_channels, modality, image_kind)")
 
 
 

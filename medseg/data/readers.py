@@ -28,17 +28,38 @@ logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR
 warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register")
 
 
-def medseg_readers() -> list[ImageReader]:
-    """Readers medseg adds to MONAI's, tried first for the suffixes they claim."""
-    return [DicomSeriesReader()]  # DICOM series folders: checked and ordered before ITK reads them
+def medseg_readers(kind: str = "image", channels: int | None = None) -> list[ImageReader]:
+    """Readers medseg adds to MONAI's, tried first for the suffixes they claim.
+
+    Args:
+        kind: ``image`` or ``mask``: what the files hold (masks are checked more strictly).
+        channels: the channels the network takes, for readers that can adapt (a grey 2D image
+            for a colour network).
+    """
+    from medseg.data.images2d import Image2DReader
+
+    # DICOM series folders: checked and ordered before ITK reads them; 2D pictures: rows first, one slice
+    return [DicomSeriesReader(), Image2DReader(kind, channels)]
 
 
-def image_loader(keys: Sequence[str]) -> LoadImaged:
+def image_loader(keys: Sequence[str], kind: str = "image", channels: int | None = None) -> LoadImaged:
     """``LoadImaged`` (channel first, image only) that also reads medseg's formats."""
     load = LoadImaged(keys=list(keys), ensure_channel_first=True, image_only=True)
-    for reader in medseg_readers():
+    for reader in medseg_readers(kind, channels):
         load._loader.register(reader)
     return load
+
+
+def load_array(path: str | Path, kind: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """Voxels (channels last, as stored: ``(X, Y, Z)`` or ``(X, Y, Z, C)``; a 2D image as a one-slice
+    volume) and the voxel-to-world affine of one file, through the readers training uses."""
+    from monai.transforms import LoadImage
+
+    load = LoadImage(image_only=True)
+    for reader in medseg_readers(kind):
+        load.register(reader)
+    data = load(str(path))
+    return np.asarray(data), np.asarray(data.affine, dtype=np.float64)
 
 
 @dataclass
@@ -99,7 +120,7 @@ def read_label_map(path: str | Path, series_dirs: Sequence[str | Path] = ()) -> 
             img = nib.load(str(path))
             array, affine = np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
         else:
-            loaded = image_loader(["label"])({"label": str(path)})["label"]
+            loaded = image_loader(["label"], kind="mask")({"label": str(path)})["label"]  # 2D 0/255 masks: 0/1
             array, affine = np.asarray(loaded[0]), np.asarray(loaded.affine, dtype=np.float64)
     except MedsegError:
         raise

@@ -43,7 +43,8 @@ def preprocessing(
     """
     interp = tuple("nearest" if k == "label" else "bilinear" for k in keys)
     chain: list[Any] = [
-        image_loader(keys),
+        image_loader([k for k in keys if k != "label"], channels=int(cfg.in_channels)),
+        *([image_loader(["label"], kind="mask")] if "label" in keys else []),
         mt.EnsureTyped(keys=list(keys), dtype=torch.float32),
         *(_flat(instantiate(cfg.label_transform, _convert_="all")) if "label" in keys and cfg.get("label_transform") else []),
         mt.Orientationd(keys=list(keys), axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),

@@ -39,6 +39,7 @@ def check_train_config(cfg: DictConfig) -> None:
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
         raise MedsegError(f"trainer.max_minutes={minutes!r} must be a positive number of minutes (or null)")
     check_dataset_values(cfg)
+    _check_configuration(cfg)
     _check_inferer(cfg)
     model, classes = cfg.get("model"), _select(cfg, "dataset.num_classes")
     if model is None:
@@ -75,6 +76,21 @@ def check_dataset_values(cfg: DictConfig) -> None:
         problem = rule(value)
         if problem:
             raise MedsegError(f"dataset.{key}={value!r} {problem}")
+
+
+def _check_configuration(cfg: DictConfig) -> None:
+    """``configuration``, ``slice_axis`` and the patch's length say the same thing, or the network
+    and the windows would disagree about their dimensions."""
+    dataset = cfg.get("dataset") or {}
+    if "configuration" not in dataset or dataset.get("patch_size") is None:
+        return
+    configuration, axis, patch = dataset.get("configuration"), dataset.get("slice_axis"), list(dataset.patch_size)
+    if configuration == "2d" and (axis is None or len(patch) != 2):
+        raise MedsegError(f"dataset.configuration=2d needs dataset.slice_axis (0, 1 or 2) and a 2-value dataset.patch_size "
+                          f"(got slice_axis={axis}, patch_size={patch}); or let the plan choose them (dataset.plan=auto)")
+    if configuration != "2d" and (axis is not None or len(patch) != 3):
+        raise MedsegError(f"dataset.configuration={configuration} needs a 3-value dataset.patch_size and no slice_axis "
+                          f"(got slice_axis={axis}, patch_size={patch}); use dataset.configuration=2d for slices")
 
 
 def _check_inferer(cfg: DictConfig) -> None:

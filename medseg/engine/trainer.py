@@ -24,8 +24,8 @@ from tqdm import tqdm
 from medseg.core import distributed
 from medseg.core.checkpoint import load_checkpoint, require_finite_weights, save_checkpoint
 from medseg.core.errors import MedsegError
-from medseg.core.trusted import trusted_config
 from medseg.core.threads import single_threaded
+from medseg.core.trusted import trusted_config
 from medseg.core.utils import autocast_context, channels_last
 from medseg.engine.protocols import TrainingData
 
@@ -170,7 +170,7 @@ class Trainer:
                    leave=False, disable=not (sys.stderr.isatty() and distributed.is_main()), dynamic_ncols=True)
         for batch in bar:
             image = batch["image"].to(self.device, non_blocking=True)
-            if self.memory_format is not None and image.dim() in (4, 5):
+            if self.memory_format is not None and image.dim() == (5 if self.memory_format == torch.channels_last_3d else 4):
                 image = image.contiguous(memory_format=self.memory_format)
             label = batch["label"].to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)

@@ -44,8 +44,10 @@ def discover_cases(source: str | Path, in_channels: int = 1) -> tuple[dict[str, 
     source = Path(source)
     if not source.exists():
         raise MedsegError(f"input {source} does not exist")
-    if source.is_file():
-        return {case_id(source): str(source)}, []
+    if source.is_file():  # one file: named as in a folder (nnU-Net's <case>_0000 of a 1-channel model is <case>)
+        match = CHANNEL_FILE.match(case_id(source))
+        single = match is not None and match["channel"] == "0000" and in_channels == 1
+        return {match["case"] if single else case_id(source): str(source)}, []
     if is_dicom_dir(source):
         series = dicom_cases(source)
         if not series:

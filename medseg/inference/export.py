@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from medseg.core.errors import MedsegError
 from medseg.core.folders import claim_folder
+from medseg.core.networks import state_of_network
 from medseg.core.targets import Regions
 from medseg.inference.predictor import Predictor, expand_checkpoints
 
@@ -56,6 +57,9 @@ def export_model(ckpt: str | Path | list[str | Path], fmt: str, output: str | Pa
     if existing.exists() and not overwrite:
         raise MedsegError(f"{existing} already exists: export into a new folder, or add overwrite=true to replace it")
     predictor = Predictor(ckpts, torch.device("cpu"))
+    if fmt == "bundle" and predictor.cfg.dataset.get("image_kind") == "2d":
+        raise MedsegError(f"{ckpts[0]} was trained on 2D images: a MONAI bundle reads them with MONAI's PIL reader, which "
+                          "transposes them; export format=torchscript or onnx (the network alone) instead")
     with claim_folder(output, "export", "choose another output="):
         output = Path(output)
         if fmt == "bundle":
@@ -80,7 +84,7 @@ def write_atomically(path: Path, write: Callable[[Path], Any]) -> Path:
 
 def example_input(predictor: Predictor) -> torch.Tensor:
     """One training patch of zeros: the shape every network of the checkpoint is known to accept."""
-    return torch.zeros(1, predictor.in_channels, *map(int, predictor.cfg.dataset.patch_size))
+    return torch.zeros(1, predictor.in_channels, *predictor.window)
 
 
 def model_card(predictor: Predictor) -> dict[str, Any]:
@@ -212,6 +216,17 @@ def _label_painter(target: Regions, num_channels: int) -> str:
     return f"$lambda x: {expr}"
 
 
+def _inferer_config(cfg: Any) -> dict[str, Any]:
+    """The sliding window as a bundle component. The 2D configuration runs its 2D network through
+    MONAI's ``SliceInferer`` (the bundle holds the bare network, without medseg's slice wrapper)."""
+    inferer = bundle_config(OmegaConf.to_container(cfg.inferer, resolve=True), "inferer")
+    axis = cfg.dataset.get("slice_axis")
+    if axis is None:
+        return inferer
+    return {**inferer, "_target_": "SliceInferer", "spatial_dim": int(axis),
+            "roi_size": [int(p) for p in cfg.dataset.patch_size]}
+
+
 def inference_config(predictor: Predictor, bundle_root: Path) -> dict[str, Any]:
     """``configs/inference.json``: the Predictor's chain, network and sliding window as MONAI
     bundle components, run without ignite (a loop over a ``Dataset``)."""
@@ -237,7 +252,7 @@ def inference_config(predictor: Predictor, bundle_root: Path) -> dict[str, Any]:
         "network": "$@network_def.to(@device).eval()",
         "preprocessing": {"_target_": "Compose", "transforms": preprocessing},
         "dataset": {"_target_": "Dataset", "data": "$[{'image': f} for f in @datalist]", "transform": "@preprocessing"},
-        "inferer": bundle_config(OmegaConf.to_container(cfg.inferer, resolve=True), "inferer"),
+        "inferer": _inferer_config(cfg),
         "infer": ("$torch.no_grad()(lambda d: dict(d, pred=monai.data.MetaTensor("
                   "@inferer(d['image'][None].to(@device), @network)[0].cpu(), meta=d['image'].meta)))"),
         "postprocessing": {"_target_": "Compose", "transforms": [
@@ -354,7 +369,7 @@ def export_bundle(predictor: Predictor, output: Path, source: str | Path) -> Pat
     """``models/model.pt`` (state dict), ``configs/metadata.json``, ``configs/logging.conf``,
     ``docs/README.md`` and, last, ``configs/inference.json``: each written atomically, the runnable
     config last, so a bundle that has one is complete."""
-    state = {k: v.contiguous() for k, v in predictor.models[0].state_dict().items()}
+    state = {k: v.contiguous() for k, v in state_of_network(predictor.models[0]).items()}
     meta = metadata_config(predictor, source)
     write_atomically(output / "models" / "model.pt", lambda tmp: torch.save(state, tmp))
     write_atomically(output / "configs" / "metadata.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=4)))

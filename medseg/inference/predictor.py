@@ -13,6 +13,7 @@ for arrays already in memory, ``predict_file(path)`` for files; both run the sam
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from medseg.core.checkpoint import load_checkpoint, require_finite_weights
 from medseg.core.errors import MedsegError, user_error_in
+from medseg.core.networks import build_network
 from medseg.core.trusted import trusted_config
 from medseg.core.utils import channels_last, select_device
 from medseg.data.transforms import preprocessing
 from medseg.inference.inversion import labels_in_input_grid, supports_box_inversion
 from medseg.inference.sliding_window import logits_where_signal
-
 
 MAX_VOXEL_MM = 1000.0  # a voxel larger than a metre is a unit mistake, not a scan
 MAX_RESAMPLED_VOXELS = 2.0 ** 31  # beyond this the resampled scan would not fit any machine's memory
@@ -95,20 +96,44 @@ def check_inferer_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def _same_task(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("in_channels", "num_classes", "spacing")
+    keys = ("in_channels", "num_classes")
     return all(a["dataset"].get(k) == b["dataset"].get(k) for k in keys)
+
+
+def _member_key(config: dict[str, Any]) -> str:
+    """What checkpoints must share to be averaged in the network's grid: preprocessing and windows."""
+    dataset = config["dataset"]
+    keys = ("spacing", "intensity", "slice_axis", "window", "patch_size", "in_channels", "image_kind", "mirror_axes")
+    return json.dumps([{k: dataset.get(k) for k in keys}, config.get("inferer"), config.get("model", {}).get("_target_")],
+                      sort_keys=True, default=str)
+
+
+@dataclass
+class Member:
+    """Checkpoints that share one preprocessing and sliding window: the folds of one configuration.
+    Their logits are averaged on the network's grid; those of different members (a 2D and a 3D
+    configuration) are averaged in the input's grid."""
+
+    cfg: DictConfig
+    models: list[torch.nn.Module]
+    inferer: Any
+    transform: Compose
+    array_transform: Compose
+    mirror_axes: tuple[int, ...]
 
 
 class Predictor:
     """An ensemble of checkpoints of one task, ready to segment scans.
 
     Args:
-        checkpoints: one or more medseg checkpoints (their logits are averaged, as nnU-Net does).
+        checkpoints: one or more medseg checkpoints (their logits are averaged, as nnU-Net does);
+            checkpoints of different configurations (2D and 3D) are averaged in the input grid.
         device: where the networks run.
         inferer_overrides: keys of the training ``SlidingWindowInferer`` to change (overlap,
             ``sw_batch_size``, ``device="cpu"`` to stitch large volumes in host memory).
         amp: autocast on CUDA (bf16 where supported, else fp16).
-        mirror_axes: test-time mirroring over these spatial axes (``()`` = none, ``None`` = all).
+        mirror_axes: test-time mirroring over these spatial axes (``()`` = none, ``None`` = the
+            axes each checkpoint was trained to be mirrored along).
         largest_component: keep only the largest connected component of each class.
     """
 
@@ -126,8 +151,7 @@ class Predictor:
         inferer_overrides = check_inferer_overrides(inferer_overrides or {})
         self.device = device
         self.amp = amp
-        self.mirror_axes = mirror_axes
-        self.models = []
+        groups: dict[str, tuple[dict[str, Any], list[torch.nn.Module]]] = {}
         first = None
         for path in checkpoints:
             state = load_checkpoint(path, map_location="cpu")
@@ -141,32 +165,44 @@ class Predictor:
                     f"{path} was trained on another task than {first[0]} (labels {names} vs {first[2]}); "
                     "ensemble checkpoints of one task only"
                 )
-            model = instantiate(config["model"])
+            model = build_network(config["model"], config["dataset"].get("slice_axis"))
             model.load_state_dict(state["model"])
             model = model.to(device).eval()
             if config["trainer"].get("channels_last"):
                 channels_last(model)
-            self.models.append(model)
-        _, config, names = first
-        self.cfg: DictConfig = OmegaConf.create(config)
-        self.label_names = {int(k): v for k, v in names.items()}
-        if self.mirror_axes is None:  # "all": the axes the model was trained to be mirrored along (the plan's)
-            planned = self.cfg.dataset.get("mirror_axes")
-            self.mirror_axes = tuple(range(3)) if planned is None else tuple(int(a) for a in planned)
+            groups.setdefault(_member_key(config), (config, []))[1].append(model)
+        self.members = [self._member(config, models, inferer_overrides, mirror_axes) for config, models in groups.values()]
+        lead = self.members[0]
+        self.cfg: DictConfig = lead.cfg
+        self.models = [m for member in self.members for m in member.models]
+        self.inferer, self.transform, self.mirror_axes = lead.inferer, lead.transform, lead.mirror_axes
+        self.label_names = {int(k): v for k, v in first[2].items()}
         self.target = instantiate(self.cfg.dataset.target)
-        inferer_cfg = OmegaConf.merge(self.cfg.inferer, inferer_overrides)
-        self.inferer = instantiate(inferer_cfg)
-        # The whole field of view: the windows are cropped instead (window_aligned_box), so that
-        # the sliding windows, and the labels, are those of the uncropped scan.
-        self.transform = preprocessing(self.cfg.dataset, keys=("image",), crop_foreground=False)
-        # The same transform objects minus the reader: arrays and files take one path, and
-        # ``Invertd`` (driven by each tensor's applied operations) undoes either.
+        # The reader is the same for every member (one input, one channel count): read once, then each
+        # member's own preprocessing.
         self.loader = next(t for t in self.transform.transforms if isinstance(t, LoadImaged))
-        self.array_transform = Compose([t for t in self.transform.transforms if t is not self.loader])
+        self.array_transform = lead.array_transform
         self.postprocess = (
             KeepLargestConnectedComponent(applied_labels=sorted(k for k in self.label_names if k != 0), independent=True)
             if largest_component else None
         )
+
+    @staticmethod
+    def _member(config: dict[str, Any], models: list[torch.nn.Module], inferer_overrides: dict[str, Any],
+                mirror_axes: tuple[int, ...] | None) -> Member:
+        cfg = OmegaConf.create(config)
+        if mirror_axes is None:  # "all": the axes the model was trained to be mirrored along (the plan's)
+            planned = cfg.dataset.get("mirror_axes")
+            in_plane = tuple(a for a in range(3) if a != cfg.dataset.get("slice_axis"))
+            mirror_axes = in_plane if planned is None else tuple(int(a) for a in planned)
+        # The whole field of view: the windows are cropped instead (window_aligned_box), so that
+        # the sliding windows, and the labels, are those of the uncropped scan.
+        transform = preprocessing(cfg.dataset, keys=("image",), crop_foreground=False)
+        # The same transform objects minus the reader: arrays and files take one path, and
+        # ``Invertd`` (driven by each tensor's applied operations) undoes either.
+        array_transform = Compose([t for t in transform.transforms if not isinstance(t, LoadImaged)])
+        return Member(cfg, models, instantiate(OmegaConf.merge(cfg.inferer, inferer_overrides)), transform,
+                      array_transform, tuple(mirror_axes))
 
     @classmethod
     def from_checkpoint(
@@ -193,11 +229,17 @@ class Predictor:
                    mirror_axes=None if tta else (), largest_component=largest_component)
 
     @property
+    def window(self) -> list[int]:
+        """The sliding window: the training patch, one voxel thick along the slice axis in 2D."""
+        window = self.cfg.dataset.get("window") or self.cfg.dataset.patch_size  # older checkpoints: the patch
+        return [int(w) for w in window]
+
+    @property
     def in_channels(self) -> int:
         return int(self.cfg.dataset.in_channels)
 
-    def load(self, image: str | list[str]) -> dict[str, Any]:
-        """Reads and preprocesses one case; errors name the file."""
+    def read(self, image: str | list[str]) -> dict[str, Any]:
+        """Reads one case, as stored (not yet preprocessed); errors name the file."""
         name = image if isinstance(image, str) else image[0]
         try:
             data = self.loader({"image": image})
@@ -218,15 +260,24 @@ class Predictor:
                 f"({self.cfg.dataset.name}); give a {self.in_channels}-channel image or one file per channel"
             )
         self._check_geometry(tuple(scan.shape[1:]), np.asarray(scan.affine, dtype=np.float64), name)
+        return data
+
+    def load(self, image: str | list[str]) -> dict[str, Any]:
+        """Reads and preprocesses one case (the first configuration's preprocessing); errors name the file."""
+        return self._preprocess(self.members[0], self.read(image))
+
+    @staticmethod
+    def _preprocess(member: Member, data: dict[str, Any]) -> dict[str, Any]:
+        name = data["image"].meta.get("filename_or_obj", "array")
         try:
-            return self.array_transform(data)
+            return member.array_transform({"image": MetaTensor(data["image"].as_tensor().clone(), meta=data["image"].meta)})
         except Exception as err:
             cause = err.__cause__ or err
             raise MedsegError(f"{name}: cannot be preprocessed ({type(cause).__name__}: {str(cause)[:120]})") from err
 
     def predict_file(self, image: str | Path | list[str], with_probabilities: bool = False) -> Prediction:
         """Segments one scan file (or one file per channel), as ``medseg.predict`` writes it."""
-        return self._infer(self.load(str(image) if isinstance(image, Path) else image), with_probabilities)
+        return self._infer(self.read(str(image) if isinstance(image, Path) else image), with_probabilities)
 
     def __call__(self, image: str | list[str], with_probabilities: bool = False) -> Prediction:
         return self.predict_file(image, with_probabilities)
@@ -277,7 +328,7 @@ class Predictor:
         meta = {"affine": torch.as_tensor(affine), "original_affine": affine.copy(),
                 "spatial_shape": np.asarray(x.shape[1:]), "space": "RAS", "filename_or_obj": "array"}
         image = MetaTensor(torch.as_tensor(x, dtype=torch.float32), meta=meta)
-        return self._infer(self.array_transform({"image": image}), with_probabilities)
+        return self._infer({"image": image}, with_probabilities)
 
     def _check_geometry(self, shape: tuple[int, ...], affine: np.ndarray, name: str) -> None:
         """Voxel sizes a scan can have, and a resampled grid that fits in memory: a spacing of 1e6 mm
@@ -286,21 +337,30 @@ class Predictor:
         if spacing.max() > MAX_VOXEL_MM:
             raise MedsegError(f"{name}: voxel size {spacing.round(3).tolist()} mm is over {MAX_VOXEL_MM:g} mm; "
                               "give the spacing in millimetres")
-        target = np.asarray(self.cfg.dataset.spacing, dtype=np.float64)
-        target = np.resize(target, spacing.shape) if target.size != spacing.size else target
+        target = np.min([np.resize(np.asarray(m.cfg.dataset.spacing, dtype=np.float64), spacing.shape)
+                         for m in self.members], axis=0)  # the finest grid any member resamples to
+        target = np.where(target > 0, target, spacing)  # 0: the stored spacing is kept along that axis
         voxels = float(np.prod(np.ceil(np.asarray(shape[: spacing.size], float) * spacing / target)))
         if voxels > MAX_RESAMPLED_VOXELS:
             raise MedsegError(f"{name}: resampled to the model's {target.tolist()} mm it would hold {voxels:.3g} voxels "
                               f"(over {MAX_RESAMPLED_VOXELS:.3g}); check the spacing or affine given")
 
-    def _infer(self, data: dict[str, Any], with_probabilities: bool) -> Prediction:
-        """Network, then back to the input grid: the one path of files and arrays."""
+    def _logits(self, member: Member, data: dict[str, Any]) -> MetaTensor:
+        """One member's averaged logits on its network grid, carrying its preprocessing record."""
         x = data["image"]
-        logits = logits_where_signal(self.models, x, self.inferer, self.device,
+        logits = logits_where_signal(member.models, x, member.inferer, self.device,
                                      self.target.background_logits(int(self.cfg.dataset.num_classes)),
-                                     self.amp, self.mirror_axes)
-        preview = {"image": x.as_tensor().cpu(), "pred": self.target.labels_from_logits(logits[None])[0].cpu()}
-        pred = MetaTensor(logits, meta=x.meta, applied_operations=x.applied_operations)
+                                     self.amp, member.mirror_axes)
+        return MetaTensor(logits, meta=x.meta, applied_operations=x.applied_operations)
+
+    def _infer(self, raw: dict[str, Any], with_probabilities: bool) -> Prediction:
+        """Networks, then back to the input grid: the one path of files and arrays."""
+        if len(self.members) > 1:
+            return self._infer_across_configurations(raw, with_probabilities)
+        data = self._preprocess(self.members[0], raw)
+        x = data["image"]
+        pred = self._logits(self.members[0], data)
+        preview = {"image": x.as_tensor().cpu(), "pred": self.target.labels_from_logits(pred.as_tensor()[None])[0].cpu()}
         probabilities = None
         if not with_probabilities and supports_box_inversion(pred):
             # Only the foreground's box is resampled (medseg.inference.inversion): same labels as Invertd.
@@ -308,12 +368,41 @@ class Predictor:
             labels = labels_in_input_grid(pred, self.transform, self.target.labels_from_logits, affine,
                                           tuple(int(n) for n in x.meta["spatial_shape"])).cpu()
         else:
-            data["pred"] = pred.cpu()
-            inverted = Invertd(keys="pred", transform=self.transform, orig_keys="image", nearest_interp=False)(data)["pred"]
+            inverted = self._in_input_grid(self.members[0], data, pred)
             labels = self.target.labels_from_logits(inverted[None])[0]
             affine = np.asarray(inverted.affine, dtype=np.float64)
             if with_probabilities:
                 probabilities = np.moveaxis(self.target.activate(inverted[None])[0].numpy(), 0, -1).astype(np.float32)
+        return self._result(labels, affine, probabilities, preview)
+
+    @staticmethod
+    def _in_input_grid(member: Member, data: dict[str, Any], pred: MetaTensor) -> MetaTensor:
+        data = {**data, "pred": pred.cpu()}
+        return Invertd(keys="pred", transform=member.transform, orig_keys="image", nearest_interp=False)(data)["pred"]
+
+    def _infer_across_configurations(self, raw: dict[str, Any], with_probabilities: bool) -> Prediction:
+        """Each configuration's logits resampled to the input grid, averaged there (weighted by its
+        number of checkpoints), then labelled: an ensemble of a 2D and a 3D configuration."""
+        total, weight, preview, affine = None, 0, None, None
+        for member in self.members:
+            data = self._preprocess(member, raw)
+            pred = self._logits(member, data)
+            if preview is None:
+                preview = {"image": data["image"].as_tensor().cpu(),
+                           "pred": self.target.labels_from_logits(pred.as_tensor()[None])[0].cpu()}
+            inverted = self._in_input_grid(member, data, pred)
+            affine = np.asarray(inverted.affine, dtype=np.float64)
+            part = inverted.as_tensor().float() * len(member.models)
+            total = part if total is None else total + part
+            weight += len(member.models)
+        logits = total / weight
+        labels = self.target.labels_from_logits(logits[None])[0]
+        probabilities = (np.moveaxis(self.target.activate(logits[None])[0].numpy(), 0, -1).astype(np.float32)
+                         if with_probabilities else None)
+        return self._result(labels, affine, probabilities, preview)
+
+    def _result(self, labels: torch.Tensor, affine: np.ndarray, probabilities: np.ndarray | None,
+                preview: dict[str, torch.Tensor]) -> Prediction:
         if self.postprocess is not None:
             labels = self.postprocess(labels)
         return Prediction(np.asarray(labels[0]).astype(np.uint8), affine, probabilities, preview)

@@ -29,13 +29,24 @@ def summarize(scores: Scores) -> dict[str, Any]:
     return out
 
 
-def write_files(scores: Scores, summary: dict[str, Any], output: Path, nsd_tolerance_mm: float) -> None:
+def write_files(scores: Scores, summary: dict[str, Any], output: Path, nsd_tolerance_mm: float,
+                medsegbench: tuple[dict[str, float], float] | None = None) -> None:
+    """``per_case.csv`` and ``summary.json``; with ``medsegbench`` (per case, dataset score) also
+    ``per_case_medsegbench.csv`` and the score in the summary."""
     with open(output / "per_case.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["case", "class", *METRICS])
         writer.writeheader()
         writer.writerows(scores.rows)
+    extra = {}
+    if medsegbench is not None:
+        per_case, overall = medsegbench
+        with open(output / "per_case_medsegbench.csv", "w", newline="") as f:
+            csv.writer(f).writerows([["case", "medsegbench_dice"], *[[c, v] for c, v in per_case.items()]])
+        extra = {"medsegbench_dice": overall,
+                 "medsegbench_definition": "per image; binary: foreground Dice, images empty in both dropped; "
+                                           "multi-class: mean over classes incl. background, absent from both = 1"}
     (output / "summary.json").write_text(json.dumps(
-        {"cases": scores.cases, "nsd_tolerance_mm": nsd_tolerance_mm, "classes": summary,
+        {"cases": scores.cases, "nsd_tolerance_mm": nsd_tolerance_mm, "classes": summary, **extra,
          "problems": scores.problems, "notes": scores.notes}, indent=2))
 
 
@@ -63,7 +74,7 @@ def dice_plot(scores: Scores, path: Path) -> None:
 
 def table(summary: dict[str, Any]) -> str:
     """``mean±std`` per structure and metric, one row per structure."""
-    lines = [f"{'class':<20} {'Dice':>14} {'HD95 mm':>14} {'ASD mm':>14} {'NSD':>14}"]
+    lines = [f"{'class':<20} {'Dice':>14} {'IoU':>14} {'HD95 mm':>14} {'ASD mm':>14} {'NSD':>14}"]
     for name, metrics in summary.items():
         cells = [f"{s['mean']:.3f}±{s['std']:.3f}" if s["n"] else "n/a" for s in (metrics[m] for m in METRICS)]
         lines.append(f"{name:<20} " + " ".join(f"{c:>14}" for c in cells))

@@ -20,6 +20,7 @@ from medseg.core.errors import MedsegError
 from medseg.core.imagefiles import DICOM_SUFFIX, IMAGE_SUFFIXES, case_id
 from medseg.data.datalist import label_names as names_from_meta
 from medseg.data.readers import LabelMap, read_label_map
+from medseg.metrics.medsegbench import Counts, class_counts, dataset_score, score_counts
 from medseg.metrics.surface import mask_metrics
 
 Structures = dict[str, list[int]]  # structure name -> label values that make it up (several for regions)
@@ -34,9 +35,18 @@ class Scores:
     problems: list[str] = field(default_factory=list)  # "file: reason": left out, exit code 1
     notes: list[str] = field(default_factory=list)  # worth a look, not an error
 
+    counts: dict[str, Counts] = field(default_factory=dict)  # per case, for MedSegBench's Dice
+
     @property
     def cases(self) -> int:
         return len({r["case"] for r in self.rows})
+
+    def medsegbench(self, num_classes: int | None = None) -> tuple[dict[str, float], float]:
+        """MedSegBench's Dice per case and over the dataset (``medseg.metrics.medsegbench``);
+        ``num_classes`` (background included) defaults to the largest value found plus one."""
+        k = num_classes or max([max(c) for c in self.counts.values() if c] + [1]) + 1
+        per_case = {case: score_counts(c, k) for case, c in self.counts.items()}
+        return per_case, dataset_score(list(per_case.values()))
 
 
 def label_files(folder: Path) -> dict[str, Path]:
@@ -74,6 +84,7 @@ def score_folders(
     nsd_tolerance_mm: float = 1.0,
     on_case: Callable[[str, LabelMap, LabelMap], None] | None = None,
     series_dirs: Sequence[Path] = (),
+    medsegbench: bool = False,
 ) -> Scores:
     """Scores every case present in both folders.
 
@@ -84,6 +95,8 @@ def score_folders(
         on_case: called with ``(case, prediction image, reference image)`` for each scored case
             (pictures).
         series_dirs: folders holding the source series of DICOM SEG files (besides each SEG's folder).
+        medsegbench: also keep per-class pixel counts of each case for MedSegBench's Dice
+            (:meth:`Scores.medsegbench`).
     """
     preds, refs = label_files(pred_dir), label_files(ref_dir)
     scores = Scores()
@@ -103,6 +116,10 @@ def score_folders(
                                    "or affine); predict in the reference's space")
             continue
         spacing = ref_map.spacing[: ref.ndim]
+        if ref.ndim == 3 and ref.shape[2] == 1:  # a 2D image (one slice): surfaces are outlines in the plane
+            ref, pred, spacing = ref[..., 0], pred[..., 0], spacing[:2]
+        if medsegbench:
+            scores.counts[case] = class_counts(pred, ref)
         if structures is not None:
             for name, values in structures.items():
                 scores.rows.append({"case": case, "class": name, **mask_metrics(

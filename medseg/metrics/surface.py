@@ -20,21 +20,23 @@ from monai.metrics import (
     compute_surface_dice,
 )
 
-METRICS = ("dice", "hd95", "asd", "nsd")
+METRICS = ("dice", "iou", "hd95", "asd", "nsd")
 
 
 def mask_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], nsd_tolerance_mm: float = 1.0) -> dict[str, float]:
-    """Dice, HD95, ASD and normalised surface Dice of two binary ``(X, Y, Z)`` masks."""
+    """Dice, IoU, HD95, ASD and normalised surface Dice of two binary masks (``(X, Y, Z)`` or ``(H, W)``)."""
     p, r = bool(pred.any()), bool(ref.any())
     if not p and not r:
-        return {"dice": 1.0, "hd95": math.nan, "asd": math.nan, "nsd": 1.0}
+        return {"dice": 1.0, "iou": 1.0, "hd95": math.nan, "asd": math.nan, "nsd": 1.0}
     if not p or not r:
-        return {"dice": 0.0, "hd95": math.nan, "asd": math.nan, "nsd": 0.0}
+        return {"dice": 0.0, "iou": 0.0, "hd95": math.nan, "asd": math.nan, "nsd": 0.0}
     yp = torch.from_numpy(pred.astype(np.float32))[None, None]
     yr = torch.from_numpy(ref.astype(np.float32))[None, None]
     spacing = [float(s) for s in spacing]
+    dice = float(compute_dice(yp, yr, include_background=True)[0, 0])
     return {
-        "dice": float(compute_dice(yp, yr, include_background=True)[0, 0]),
+        "dice": dice,
+        "iou": dice / (2.0 - dice),
         "hd95": float(compute_hausdorff_distance(yp, yr, include_background=True, percentile=95, spacing=spacing)[0, 0]),
         "asd": float(compute_average_surface_distance(yp, yr, include_background=True, symmetric=True, spacing=spacing)[0, 0]),
         "nsd": float(compute_surface_dice(yp, yr, class_thresholds=[nsd_tolerance_mm], include_background=True, spacing=spacing)[0, 0]),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from medseg.core.config import CONF_DIR
 from medseg.core.errors import MedsegError
@@ -69,7 +69,9 @@ def _fixed(cfg: DictConfig, key: str, user: Sequence[str]) -> Any:
     """The config's value of ``key`` if the command line set it (to a value, not null), else None."""
     if any(o.split("=", 1)[0].lstrip("+~") == key for o in user):
         value = OmegaConf.select(cfg, key)
-        return OmegaConf.to_container(value, resolve=True) if value is not None else None
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+        return value
     return None
 
 
@@ -140,17 +142,24 @@ def apply_plan(cfg: DictConfig, overrides: Sequence[str] | None = None, log_tabl
             raise MedsegError(f"dataset.plan={mode}: no such plan file; use auto, none or the path of a medseg_plan.yaml")
         plan, fingerprint = read_plan(path), None
     spacing, patch = _fixed(cfg, "dataset.spacing", overrides), _fixed(cfg, "dataset.patch_size", overrides)
+    configuration = _fixed(cfg, "dataset.configuration", overrides)
+    configuration = configuration if configuration in ("2d", "3d") else None
+    if configuration is None and patch is not None:  # a patch given on the command line says which network it is for
+        configuration = "2d" if len(patch) == 2 else "3d"
     extra = _extra_divisor(cfg, overrides)  # a network chosen after planning (model=segresnet) may need another multiple
     misfit = any(int(p) % extra for p in plan["dataset"].get("patch_size", []))
-    if (spacing is not None or patch is not None or misfit) and fingerprint is not None:
+    other_configuration = configuration is not None and configuration != plan["dataset"].get("configuration", "3d")
+    if (spacing is not None or patch is not None or misfit or other_configuration) and fingerprint is not None:
         planned_around = make_plan(fingerprint, str(cfg.dataset.modality), cfg.planner, spacing=spacing, patch=patch,
-                                   extra_divisor=extra)
+                                   extra_divisor=extra, configuration=configuration or plan["dataset"].get("configuration"))
+        derived = ["configuration", "slice_axis", "patch_size", "batch_size", "num_samples", "rot90_axes", "mirror_axes"]
+        if other_configuration:
+            derived.append("spacing")  # the 2D configuration keeps each case's own spacing along its slices
         plan = {**plan, "network": planned_around["network"],
-                "dataset": {**plan["dataset"], **{k: planned_around["dataset"][k] for k in
-                                                  ("patch_size", "batch_size", "num_samples", "rot90_axes")}}}
-    elif (spacing is not None or patch is not None) and fingerprint is None:
-        log.warning("dataset.plan=%s is a file: the command line's spacing/patch are used as given and the planned "
-                    "network is not re-derived around them", path)
+                "dataset": {**plan["dataset"], **{k: planned_around["dataset"][k] for k in derived}}}
+    elif (spacing is not None or patch is not None or other_configuration) and fingerprint is None:
+        log.warning("dataset.plan=%s is a file: the command line's spacing/patch/configuration are used as given and "
+                    "the planned network is not re-derived around them", path)
     groups = config_groups()
     written = merge(cfg, plan, overrides, groups)
     kept = sorted({o.split("=", 1)[0].lstrip("+~") for o in overrides} - groups)

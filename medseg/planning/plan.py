@@ -28,37 +28,65 @@ PLAN_FILE = "medseg_plan.yaml"
 
 def make_plan(fingerprint: dict[str, Any], modality: str, settings: DictConfig | dict,
               spacing: Sequence[float] | None = None, patch: Sequence[int] | None = None,
-              extra_divisor: int = 1) -> dict[str, Any]:
+              extra_divisor: int = 1, configuration: str | None = None) -> dict[str, Any]:
     """The plan of one dataset from its fingerprint (``rules`` says how each value is chosen).
 
     Args:
         settings: the ``planner`` config (voxel budgets, channel widths).
         spacing, patch: values the user fixed; what depends on them is planned around them.
         extra_divisor: what a network outside the planned ones needs the patch to be a multiple of.
+        configuration: ``2d`` or ``3d`` if the user chose it, else the rule's choice.
     """
     cases = fingerprint["per_case"]
+    spacings, shapes = [c["spacing"] for c in cases], [c["cropped_shape"] for c in cases]
+    picture = rules.single_slice_axis(shapes)  # 2D images: every case one voxel thick along this axis
     if spacing is None:
-        spacing = rules.target_spacing([c["spacing"] for c in cases], [c["cropped_shape"] for c in cases])
+        spacing = (rules.picture_spacing(np.median(shapes, 0).tolist(), picture, int(settings["image_pixels"]))
+                   if picture is not None else rules.target_spacing(spacings, shapes))
     spacing = [float(s) for s in spacing]
     median = np.median([rules.resampled_shape(c["cropped_shape"], c["spacing"], spacing) for c in cases], 0).tolist()
-    if patch is None:
-        patch, net = rules.fit_patch(median, spacing, int(settings["patch_voxels"]), extra_divisor)
+    # What the decisions see: the grid's spacing, or for lost spacing (identity affines) the thick axis it implies.
+    geometry = [s if s > 0 else float(np.median([c["spacing"][a] for c in cases])) for a, s in enumerate(spacing)]
+    unknown = picture is None and rules.spacing_unknown(spacings, shapes)
+    if unknown:
+        geometry = rules.effective_spacing(geometry, median)
+    if picture is not None:
+        axis, configuration = picture, "2d"
     else:
-        patch, net = [int(p) for p in patch], rules.topology(patch, spacing)
+        axis = rules.slice_axis(geometry, median)
+        if configuration not in ("2d", "3d"):
+            configuration = rules.default_configuration(geometry, median, int(settings["min_slices_3d"]))
+    plane = [a for a in range(3) if a != axis] if configuration == "2d" else list(range(3))
+    if configuration == "2d":
+        spacing[axis] = 0.0  # slices keep their own spacing: each is segmented on its own
+    budget, step_budget = ((int(settings["patch_pixels"]), int(settings["step_pixels"])) if configuration == "2d"
+                           else (int(settings["patch_voxels"]), int(settings["step_voxels"])))
+    if patch is not None and len(patch) != len(plane):
+        raise MedsegError(f"dataset.patch_size={list(patch)} has {len(patch)} values but the {configuration} configuration "
+                          f"takes {len(plane)}" + (" (2D images)" if picture is not None else
+                                                   f"; set dataset.configuration={'2d' if len(patch) == 2 else '3d'}"))
+    if patch is None:
+        patch, net = rules.fit_patch([median[a] for a in plane], [geometry[a] for a in plane], budget, extra_divisor)
+    else:
+        patch, net = [int(p) for p in patch], rules.topology(patch, [geometry[a] for a in plane])
     strides, kernels = net["strides"], net["kernels"]
-    patches = rules.patches_per_step(patch, median, len(cases), int(settings["step_voxels"]))
+    window = list(patch) if configuration == "3d" else [1 if a == axis else patch[plane.index(a)] for a in range(3)]
+    patches = rules.patches_per_step(window, median, len(cases), step_budget)
     num_samples = 2 if patches >= 4 else 1  # patches drawn per cached volume (cheap: the volume is read once)
     levels = len(strides)
     intensity = rules.normalisation(modality, fingerprint["foreground_intensity"][0])
-    mirrored = rules.mirror_axes(spacing, rules.ordered_axes([c.get("class_centroids", {}) for c in cases]))
+    ordered = rules.ordered_axes([c.get("class_centroids", {}) for c in cases])
+    mirrored = rules.mirror_axes(geometry, ordered, slices=axis if configuration == "2d" else None)
     return {
         "dataset": {
+            "configuration": configuration,
+            "slice_axis": axis if configuration == "2d" else None,
             "spacing": spacing,
             "patch_size": patch,
             "batch_size": max(1, patches // num_samples),
             "num_samples": num_samples,
             **({"intensity": intensity} if intensity is not None else {}),
-            "rot90_axes": rules.rotation_axes(patch, mirrored),
+            "rot90_axes": rules.rotation_axes(window, mirrored),
             "mirror_axes": mirrored,
         },
         "network": {  # applied to the network chosen (model=...), when it is one of these
@@ -77,6 +105,7 @@ def make_plan(fingerprint: dict[str, Any], modality: str, settings: DictConfig |
         },
         "fingerprint": {
             "key": fingerprint.get("key"),
+            **({"spacing_unknown": True, "planning_spacing": [round(g, 3) for g in geometry]} if unknown else {}),
             "cases": fingerprint["cases"],
             "median_spacing": [round(s, 4) for s in fingerprint["median_spacing"]],
             "median_cropped_shape": fingerprint["median_cropped_shape"],

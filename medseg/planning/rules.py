@@ -20,6 +20,25 @@ They follow nnU-Net's published heuristics (Isensee et al., Nature Methods 2021)
 - normalisation: CT clips to the foreground's 0.5/99.5 percentiles and z-scores with its mean and
   std (one scale for every case: Hounsfield units mean the same everywhere); MRI and other
   modalities z-score each case on its nonzero voxels (their scale differs per scanner).
+
+Beyond one isotropic 3D task (the 2D configuration, unknown spacing, 2D pictures):
+
+- configuration: ``2d`` (a 2D network on slices along the slice axis) for 2D images (every case
+  has one voxel along an axis) and for thick-slice data: the coarse axis more than 3x the finest
+  spacing *and* fewer than ``planner.min_slices_3d`` voxels along it in the median resampled image
+  (a 3D network could pool such an axis at most twice: it sees little more than 2D context, at 3D
+  cost; cine cardiac MRI, most prostate MRI); ``3d`` otherwise. nnU-Net trains both and picks by
+  cross-validation; ``make cv`` over ``dataset.configuration=2d,3d`` and ``medseg.cv_summary`` do
+  the same here.
+- slice axis: the coarsest axis; among equally coarse axes, the one with the fewest voxels.
+- unknown spacing: when every case is at exactly 1 mm isotropic (identity affines: data passed
+  around without its geometry) yet one axis holds under a third of the voxels of the others, the
+  spacing is taken as lost, not as isotropic: the planning decisions (configuration, topology,
+  mirroring) see that axis as thick, ``clip(in-plane voxels / slices, 3.5, 10)`` times the
+  in-plane spacing, while the data are not resampled (1 mm is the only grid there is).
+- 2D pictures (PNG, JPEG, TIFF) carry no spacing; those whose median image holds more than
+  ``planner.image_pixels`` pixels are resampled to a coarser grid holding about that many, so a
+  step sees whole structures at a cost the budget affords (nnU-Net keeps full resolution on a GPU).
 """
 
 from __future__ import annotations
@@ -51,8 +70,60 @@ def target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequenc
 
 
 def resampled_shape(shape: Sequence[float], spacing: Sequence[float], target: Sequence[float]) -> list[float]:
-    """Voxels along each axis after resampling from ``spacing`` to ``target``."""
-    return [s * sp / t for s, sp, t in zip(shape, spacing, target)]
+    """Voxels along each axis after resampling from ``spacing`` to ``target`` (a target of 0 keeps
+    the stored spacing along that axis, as MONAI's ``Spacingd`` does)."""
+    return [s * sp / t if t > 0 else s for s, sp, t in zip(shape, spacing, target)]
+
+
+def single_slice_axis(shapes: Sequence[Sequence[int]]) -> int | None:
+    """The axis along which every case holds one voxel (2D images read as one-slice volumes), or None."""
+    shapes = np.asarray(shapes)
+    flat = [a for a in range(shapes.shape[1]) if np.all(shapes[:, a] == 1)]
+    return flat[0] if flat else None
+
+
+def spacing_unknown(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[float]]) -> bool:
+    """Every case at exactly 1 mm isotropic while one axis holds under a third of the others' voxels:
+    the geometry was lost (identity affines), it is not isotropic data."""
+    spacings, median = np.asarray(spacings, float), np.median(np.asarray(shapes, float), 0)
+    if not np.allclose(spacings, 1.0, atol=1e-6):
+        return False
+    fewest = int(np.argmin(median))
+    others = [median[a] for a in range(len(median)) if a != fewest]
+    return median[fewest] * ANISOTROPY < min(others)
+
+
+def effective_spacing(spacing: Sequence[float], median_shape: Sequence[float]) -> list[float]:
+    """For unknown spacing: the axis with the fewest voxels taken as thick, ``clip(in-plane voxels /
+    slices, 3.5, 10)`` times the others (what planning decisions see; the data keep their grid)."""
+    fewest = int(np.argmin(median_shape))
+    in_plane = float(np.median([median_shape[a] for a in range(len(median_shape)) if a != fewest]))
+    ratio = float(np.clip(in_plane / max(median_shape[fewest], 1.0), ANISOTROPY + 0.5, 10.0))
+    return [float(s) * (ratio if a == fewest else 1.0) for a, s in enumerate(spacing)]
+
+
+def slice_axis(spacing: Sequence[float], median_shape: Sequence[float]) -> int:
+    """The coarsest axis; among equally coarse ones (within 1 %), the one with the fewest voxels."""
+    coarsest = max(spacing)
+    candidates = [a for a, s in enumerate(spacing) if s >= 0.99 * coarsest]
+    return min(candidates, key=lambda a: median_shape[a])
+
+
+def default_configuration(spacing: Sequence[float], median_shape: Sequence[float], min_slices_3d: int) -> str:
+    """``2d`` for thick, few slices (see the module docstring), else ``3d``."""
+    axis = slice_axis(spacing, median_shape)
+    others = [s for a, s in enumerate(spacing) if a != axis]
+    thick = spacing[axis] > ANISOTROPY * min(others)
+    return "2d" if thick and median_shape[axis] < min_slices_3d else "3d"
+
+
+def picture_spacing(median_shape: Sequence[float], axis: int, pixel_budget: int) -> list[float]:
+    """Target spacing of 2D pictures: 1 px unless the median image holds more than ``pixel_budget``
+    pixels, then the factor that brings it to about that many (two decimals); ``0`` (keep) along
+    the single-slice axis."""
+    pixels = math.prod(s for a, s in enumerate(median_shape) if a != axis)
+    factor = max(1.0, round(math.sqrt(pixels / pixel_budget), 2))
+    return [0.0 if a == axis else factor for a in range(len(median_shape))]
 
 
 def topology(patch: Sequence[int], spacing: Sequence[float]) -> dict[str, list[list[int]]]:
@@ -102,7 +173,7 @@ def fit_patch(median_shape: Sequence[float], spacing: Sequence[float], voxel_bud
     Inside the image, not rounded up past it as nnU-Net does: random crops then still move over
     the image, and each step costs less. On the real hippocampus cases (median 35x50x36) the
     patch 32x48x32 trained to mean Dice 0.888 in 10 CPU minutes where 40x56x40 (the whole padded
-    image in every patch) reached 0.874 (benchmarks/hippocampus.py, fold 0).
+    image in every patch) reached 0.874 (the hippocampus benchmark, fold 0; now benchmarks/real_tasks.py).
     """
     patch = [max(int(s), 2 * MIN_FEATURE_MAP) for s in median_shape]
     for _ in range(1000):  # one divisor step per round; bounded for safety
@@ -171,12 +242,12 @@ def ordered_axes(centroids: Sequence[dict[str, Sequence[float]]], consistency: f
     return sorted(ordered)
 
 
-def mirror_axes(spacing: Sequence[float], ordered: Sequence[int] = ()) -> list[int]:
+def mirror_axes(spacing: Sequence[float], ordered: Sequence[int] = (), slices: int | None = None) -> list[int]:
     """Axes to mirror, in training (random flips) and at test time: every axis except the coarse
-    axis of anisotropic data (not sampled like the others) and axes along which classes keep
-    their order (``ordered_axes``)."""
-    finest = min(spacing)
-    return [i for i, s in enumerate(spacing) if s <= ANISOTROPY * finest and i not in ordered]
+    axis of anisotropic data (not sampled like the others), the slice axis of the 2D
+    configuration, and axes along which classes keep their order (``ordered_axes``)."""
+    finest = min(s for a, s in enumerate(spacing) if a != slices) if slices is not None else min(spacing)
+    return [i for i, s in enumerate(spacing) if s <= ANISOTROPY * finest and i not in ordered and i != slices]
 
 
 def rotation_axes(patch: Sequence[int], mirrored: Sequence[int] = (0, 1, 2)) -> list[int] | None:

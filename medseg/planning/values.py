@@ -26,8 +26,9 @@ def _whole(value: Any) -> bool:
 
 
 def spacing_problem(value: Any) -> str | None:
-    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(_number(v) and v > 0 for v in value):
-        return "must be 3 positive voxel sizes in mm, e.g. [1.5,1.5,3.0]"
+    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(_number(v) and v >= 0 for v in value) \
+            or not any(v > 0 for v in value):
+        return "must be 3 positive voxel sizes in mm, e.g. [1.5,1.5,3.0] (0 keeps the stored spacing along an axis)"
     return None
 
 
