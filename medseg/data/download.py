@@ -1,7 +1,8 @@
 """Fetching public datasets: resumable HTTP download, MD5 check, safe atomic extraction.
 
 The archive addresses and MD5s are not copied here: MSD's come from MONAI's
-``DecathlonDataset`` and MedMNIST's from the installed ``medmnist`` package's ``INFO``. MONAI's
+``DecathlonDataset``, MedMNIST's from the installed ``medmnist`` package's ``INFO`` and MedSegBench's
+from a table generated from the ``medsegbench`` package's ``INFO`` (``medseg.data.medsegbench``). MONAI's
 ``check_hash`` and ``extractall`` (which refuses members that would escape the target folder)
 do the checking and unpacking; what is ours is resuming (HTTP Range) and never leaving a
 half-extracted task behind.
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MSD_MIRROR_ENV = "MEDSEG_MSD_MIRROR"
 MEDMNIST_MIRROR_ENV = "MEDSEG_MEDMNIST_MIRROR"
+MEDSEGBENCH_MIRROR_ENV = "MEDSEG_MEDSEGBENCH_MIRROR"
 CHUNK = 1 << 20
 
 
@@ -200,6 +202,31 @@ def fetch_medmnist(
     if base:
         url = f"{base.rstrip('/')}/{medmnist_filename(flag, size)}"
     dest = Path(output) / "medmnist" / medmnist_filename(flag, size)
+    if dest.is_file():
+        print(f"{dest} already present")
+        return dest
+    download(url, dest, md5)
+    print(f"{flag} ({size} px) ready in {dest}")
+    return dest
+
+
+# --- MedSegBench --------------------------------------------------------------------------------
+
+def fetch_medsegbench(flag: str, output: str | Path, size: int = 512, base_url: str | None = None,
+                      md5: str | None = None) -> Path:
+    """Downloads ``<output>/medsegbench/<flag>_<size>.npz`` with the URL and MD5 of the set's facts
+    (``medseg.data.medsegbench``, from the ``medsegbench`` package's INFO); resumable, MD5-checked."""
+    from medseg.data.medsegbench import SIZES, check_choice, npz_name
+
+    flag = flag.strip().lower()
+    if int(size) not in SIZES:
+        raise MedsegError(f"MedSegBench comes in sizes {', '.join(map(str, SIZES))}, not {size}")
+    facts = check_choice(flag, size, None)["files"][str(size)]
+    url, md5 = facts["url"], md5 or facts["md5"]
+    base = base_url or os.environ.get(MEDSEGBENCH_MIRROR_ENV)
+    if base:
+        url = f"{base.rstrip('/')}/{npz_name(flag, size)}"
+    dest = Path(output) / "medsegbench" / npz_name(flag, size)
     if dest.is_file():
         print(f"{dest} already present")
         return dest
