@@ -6,7 +6,11 @@
 Reads every ``metrics.json`` (best validation of each run) and ``split.json`` (its fold) below the
 given folders, groups runs by the command-line overrides that differ between them, fold aside (so
 a sweep over models x folds gives one row per model), and writes ``cv_summary.csv`` and ``cv_summary.md``
-(mean ± sample standard deviation over folds, per class) into the first folder.
+(mean ± sample standard deviation over folds, per class) into the first folder. When the folds were
+trained with ``trainer.export_validation=true`` (``make cv`` does), every setting and every pair of
+settings (an ensemble) is also scored from the held-out probabilities, as nnU-Net's
+``find_best_configuration`` does, and the best is named with the ``medseg.predict`` command that
+runs it (``cv_summary.md``, ``cv_choice.json``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import yaml
 
 from medseg.core.errors import MedsegError, exit_on_user_error
 from medseg.core.folders import ensure_writable
+from medseg.metrics.ensembles import VALIDATION_DIR, score_settings
 
 
 def _overrides(run_dir: Path) -> list[str]:
@@ -69,16 +74,21 @@ def collect_runs(folders: list[Path]) -> list[dict[str, Any]]:
     return runs
 
 
+def setting_of(run: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """A run's setting: the overrides that tell it apart from the other runs (fold aside)."""
+    common = set.intersection(*(set(r["overrides"]) for r in runs))
+    return " ".join(o for o in run["overrides"] if o not in common) or "all runs"
+
+
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per setting: folds, and mean/std of every metric over its folds.
 
     Raises:
         MedsegError: two runs of one setting claim the same fold (two sweeps mixed in one folder).
     """
-    common = set.intersection(*(set(r["overrides"]) for r in runs))
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for run in runs:  # a group's setting: the overrides that tell it apart from the other groups
-        groups[" ".join(o for o in run["overrides"] if o not in common) or "all runs"].append(run)
+    for run in runs:
+        groups[setting_of(run, runs)].append(run)
     table = []
     for setting, members in groups.items():
         folds = [m["fold"] for m in members]
@@ -114,14 +124,48 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(table: list[dict[str, Any]], folder: Path) -> None:
+def group_runs(runs: list[dict[str, Any]]) -> dict[str, list[Path]]:
+    """``{setting: [run folders]}``, settings named as in the table."""
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for run in runs:
+        groups[setting_of(run, runs)].append(Path(run["run"]))
+    return dict(groups)
+
+
+def choose(runs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Settings and pairwise ensembles scored from the runs' exported validation probabilities
+    (``medseg.metrics.ensembles``), best first; None when a run has none (trained without
+    ``trainer.export_validation=true``)."""
+    if not all((Path(r["run"]) / VALIDATION_DIR / "cases.json").is_file() for r in runs):
+        return None
+    groups = group_runs(runs)
+    ranked = score_settings(groups)
+    for entry in ranked:
+        entry["checkpoints"] = [str(run / "checkpoints" / "last.pt") for m in entry["members"] for run in groups[m]]
+    return ranked
+
+
+def choice_markdown(ranked: list[dict[str, Any]]) -> str:
+    best = ranked[0]
+    lines = ["", "## Configurations and ensembles (held-out cases of every fold, each in its input grid)", "",
+             "| candidate | mean foreground Dice | cases |", "|---|---|---|"]
+    lines += [f"| {' + '.join(r['members'])} | {r['dice']:.4f} | {r['cases']} |" for r in ranked]
+    checkpoints = ",".join(best["checkpoints"])
+    lines += ["", f"**Best: {' + '.join(best['members'])}** (mean foreground Dice {best['dice']:.4f}); predict with it:", "",
+              f"    python -m medseg.predict ckpt=[{checkpoints}] input=scans/ output=preds/", ""]
+    return "\n".join(lines)
+
+
+def write(table: list[dict[str, Any]], folder: Path, ranked: list[dict[str, Any]] | None = None) -> None:
     metrics = [k for k in table[0] if k not in ("setting", "folds")]
     with open(folder / "cv_summary.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["setting", "folds", *(f"{m}_{s}" for m in metrics for s in ("mean", "std"))])
         for row in table:
             w.writerow([row["setting"], " ".join(map(str, row["folds"])), *(x for m in metrics for x in row[m])])
-    (folder / "cv_summary.md").write_text(to_markdown(table))
+    (folder / "cv_summary.md").write_text(to_markdown(table) + (choice_markdown(ranked) if ranked else ""))
+    if ranked:
+        (folder / "cv_choice.json").write_text(json.dumps({"best": ranked[0], "candidates": ranked}, indent=2))
 
 
 @exit_on_user_error
@@ -131,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--partial", action="store_true",
                         help="summarise the finished runs even if some folds crashed, are still running or are missing")
     args = parser.parse_args(argv)
-    table = summarize(collect_runs(args.folders))
+    runs = collect_runs(args.folders)
+    table = summarize(runs)
     gaps = [f"{run}: no metrics.json (crashed or still running)" for run in unfinished_runs(args.folders)]
     gaps += [f"{gap} has no finished run" for gap in missing_folds(table)]
     for gap in gaps:
@@ -140,8 +185,9 @@ def main(argv: list[str] | None = None) -> None:
         raise MedsegError(f"{len(gaps)} fold run(s) without results, first {gaps[0]}; wait for or rerun them, "
                           "or pass --partial to summarise the finished ones only")
     ensure_writable(args.folders[0], "copy the sweep folder somewhere writable")
-    write(table, args.folders[0])
-    sys.stdout.write(to_markdown(table))
+    ranked = choose(runs)
+    write(table, args.folders[0], ranked)
+    sys.stdout.write(to_markdown(table) + (choice_markdown(ranked) if ranked else ""))
     print(f"written: {args.folders[0] / 'cv_summary.csv'}, {args.folders[0] / 'cv_summary.md'}")
 
 
