@@ -109,6 +109,25 @@ def _predict_resized(model, data: Path, held_out: list[str], size: int, out: Pat
             Image.fromarray((labels.numpy() * 255).astype(np.uint8)).save(out / f"{case}.png")
 
 
+def train_adam(model, loss_fn, images, masks, minutes: float, augment=None) -> dict:
+    """Both peers' loop: Adam 1e-3 constant, batch 16, shuffled, for ``minutes`` of wall clock."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, masks), batch_size=16, shuffle=True)
+
+    def step(batch) -> float:
+        x, y = augment(*batch) if augment is not None else batch
+        model.train()
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    return train_for(minutes, loader, step)
+
+
 def run_tutorial(data: Path, train: list[str], held_out: list[str], minutes: float, out: Path) -> dict:
     import torch
     from monai.losses import DiceCELoss
@@ -119,22 +138,14 @@ def run_tutorial(data: Path, train: list[str], held_out: list[str], minutes: flo
     model = UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
                  num_res_units=2)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, masks), batch_size=16, shuffle=True)
 
-    def step(batch) -> float:
-        x, y = batch
-        for axis in (2, 3):  # RandFlipd on both axes, prob 0.5 per sample
-            flip = torch.rand(len(x)) < 0.5
-            x[flip], y[flip] = x[flip].flip(axis), y[flip].flip(axis)
-        model.train()
-        optimizer.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        return float(loss)
+    def flip(x, y):  # RandFlipd on both axes, prob 0.5 per sample
+        for axis in (2, 3):
+            chosen = torch.rand(len(x)) < 0.5
+            x[chosen], y[chosen] = x[chosen].flip(axis), y[chosen].flip(axis)
+        return x, y
 
-    info = train_for(minutes, loader, step)
+    info = train_adam(model, loss_fn, images, masks, minutes, augment=flip)
     _predict_resized(model, data, held_out, 256, out, binary_logit=False)
     return info
 
@@ -147,19 +158,7 @@ def run_msb(data: Path, train: list[str], held_out: list[str], minutes: float, o
     images, masks = _arrays(data, train, 512)
     model = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=1)
     loss_fn = smp.losses.DiceLoss(mode="binary", from_logits=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, masks), batch_size=16, shuffle=True)
-
-    def step(batch) -> float:
-        x, y = batch
-        model.train()
-        optimizer.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        return float(loss)
-
-    info = train_for(minutes, loader, step)
+    info = train_adam(model, loss_fn, images, masks, minutes)  # no augmentation, as in their scripts
     _predict_resized(model, data, held_out, 512, out, binary_logit=True)
     return {**info, "encoder": encoder}
 

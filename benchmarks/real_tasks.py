@@ -58,6 +58,7 @@ class Task:
     patch2d: tuple[int, int]
     flip_axes: tuple[int, ...]
     channels3d: tuple[int, ...]
+    strides3d: tuple = ()
 
     def cases(self, data: Path) -> dict[str, dict[str, str]]:
         raise NotImplementedError
@@ -75,7 +76,8 @@ class Task:
 
 class Hippocampus(Task):
     def __init__(self):
-        super().__init__("hippocampus", {1: "Anterior", 2: "Posterior"}, (32, 48, 32), (48, 64), (0,), (16, 32, 64, 128))
+        super().__init__("hippocampus", {1: "Anterior", 2: "Posterior"}, (32, 48, 32), (48, 64), (0,), (16, 32, 64, 128),
+                         (2, 2, 2))
 
     def cases(self, data):
         from medseg.data import datalist
@@ -96,7 +98,9 @@ class Acdc(Task):
     FOLDER = "Dataset027_ACDC"
 
     def __init__(self):
-        super().__init__("acdc", {1: "RV", 2: "Myo", 3: "LV"}, (160, 160, 8), (224, 224), (), (16, 32, 64, 128, 256))
+        # 8 slices: z pooled only twice, after the in-plane axes have coarsened (as a careful user strides it)
+        super().__init__("acdc", {1: "RV", 2: "Myo", 3: "LV"}, (160, 160, 8), (224, 224), (), (16, 32, 64, 128, 256),
+                         ((2, 2, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2)))
 
     def cases(self, data):
         from medseg.data.nnunet import nnunet_cases
@@ -162,8 +166,9 @@ def run_peer(task: Task, dims: int, train: list[dict], held_out: list[dict], min
     dataset = CacheDataset(train, mt.Compose([*load, *augment]), num_workers=2, progress=False)
     loader = DataLoader(dataset, batch_size=4 if dims == 3 else 8, shuffle=True, num_workers=0)
     channels = task.channels3d if dims == 3 else (16, 32, 64, 128, 256)
+    strides = task.strides3d if dims == 3 else (2,) * (len(channels) - 1)
     model = UNet(spatial_dims=dims, in_channels=1, out_channels=len(task.labels) + 1, channels=channels,
-                 strides=(2,) * (len(channels) - 1), num_res_units=2)
+                 strides=strides, num_res_units=2)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-5)
 
@@ -179,12 +184,13 @@ def run_peer(task: Task, dims: int, train: list[dict], held_out: list[dict], min
     inferer = (SlidingWindowInferer(task.patch3d, sw_batch_size=4, overlap=0.5, mode="gaussian") if dims == 3 else
                SliceInferer(roi_size=task.patch2d, spatial_dim=2, sw_batch_size=8, overlap=0.5, mode="gaussian"))
     model.eval()
-    infer = mt.Compose(load[:1] + [mt.EnsureChannelFirstd(keys="image"), mt.NormalizeIntensityd(keys="image", nonzero=True)])
+    infer = mt.Compose([mt.LoadImaged(keys="image"), mt.EnsureChannelFirstd(keys="image"),
+                        mt.NormalizeIntensityd(keys="image", nonzero=True)])
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         for case in held_out:
             image = infer({"image": case["image"]})["image"]
-            padded = mt.SpatialPad(spatial_size=window)(image)  # windows larger than the scan: pad, predict, crop
+            padded = mt.SpatialPad(spatial_size=window, method="end")(image)  # windows larger than the scan: pad at the end, crop back
             logits = inferer(padded[None], model)[..., : image.shape[1], : image.shape[2], : image.shape[3]]
             labels = logits.argmax(1)[0].numpy().astype(np.uint8)
             nib.save(nib.Nifti1Image(labels, nib.load(case["image"]).affine), out / f"{case['case']}.nii.gz")

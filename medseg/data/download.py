@@ -197,16 +197,20 @@ def fetch_medmnist(
         raise MedsegError(f"{flag} comes in sizes {sizes}, not {size}")
     info = flags[flag]
     suffix = "" if size == 28 else f"_{size}"
-    url, md5 = info[f"url{suffix}"], md5 or info[f"MD5{suffix}"]
-    base = base_url or os.environ.get(MEDMNIST_MIRROR_ENV)
-    if base:
-        url = f"{base.rstrip('/')}/{medmnist_filename(flag, size)}"
-    dest = Path(output) / "medmnist" / medmnist_filename(flag, size)
+    return fetch_npz(info[f"url{suffix}"], md5 or info[f"MD5{suffix}"], base_url or os.environ.get(MEDMNIST_MIRROR_ENV),
+                     Path(output) / "medmnist" / medmnist_filename(flag, size), f"{flag} ({size} px)")
+
+
+def fetch_npz(url: str, md5: str, mirror: str | None, dest: Path, what: str) -> Path:
+    """One npz file of a benchmark collection: from ``mirror`` (``<mirror>/<file name>``) if given,
+    else the official ``url``; already present files are kept, the rest downloaded (resumable, MD5)."""
+    if mirror:
+        url = f"{mirror.rstrip('/')}/{dest.name}"
     if dest.is_file():
         print(f"{dest} already present")
         return dest
     download(url, dest, md5)
-    print(f"{flag} ({size} px) ready in {dest}")
+    print(f"{what} ready in {dest}")
     return dest
 
 
@@ -222,14 +226,5 @@ def fetch_medsegbench(flag: str, output: str | Path, size: int = 512, base_url: 
     if int(size) not in SIZES:
         raise MedsegError(f"MedSegBench comes in sizes {', '.join(map(str, SIZES))}, not {size}")
     facts = check_choice(flag, size, None)["files"][str(size)]
-    url, md5 = facts["url"], md5 or facts["md5"]
-    base = base_url or os.environ.get(MEDSEGBENCH_MIRROR_ENV)
-    if base:
-        url = f"{base.rstrip('/')}/{npz_name(flag, size)}"
-    dest = Path(output) / "medsegbench" / npz_name(flag, size)
-    if dest.is_file():
-        print(f"{dest} already present")
-        return dest
-    download(url, dest, md5)
-    print(f"{flag} ({size} px) ready in {dest}")
-    return dest
+    return fetch_npz(facts["url"], md5 or facts["md5"], base_url or os.environ.get(MEDSEGBENCH_MIRROR_ENV),
+                     Path(output) / "medsegbench" / npz_name(flag, size), f"{flag} ({size} px)")

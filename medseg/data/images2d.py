@@ -32,7 +32,6 @@ from medseg.data.datalist import Datalist
 log = logging.getLogger(__name__)
 
 LOSSY = (".jpg", ".jpeg")
-MASK_SUFFIXES = tuple(s for s in IMAGE_2D_SUFFIXES if s not in LOSSY)
 _reported_255: set[str] = set()
 
 

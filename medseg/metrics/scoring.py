@@ -100,7 +100,7 @@ def score_folders(
     """
     preds, refs = label_files(pred_dir), label_files(ref_dir)
     scores = Scores()
-    scores.problems += [f"{refs[c]}: no prediction {pred_dir / (c + '.nii.gz')}" for c in sorted(set(refs) - set(preds))]
+    scores.problems += [f"{refs[c]}: no prediction of case {c} in {pred_dir}" for c in sorted(set(refs) - set(preds))]
     scores.problems += [f"{preds[c]}: no reference in {ref_dir}" for c in sorted(set(preds) - set(refs))]
     found: dict[str, set[int]] = {"ref": set(), "pred": set()}
     per_case: dict[str, dict[int, dict[str, float]]] = {}
