@@ -57,7 +57,7 @@ predict: install ## segment scans: make predict CKPT=outputs/.../best.pt INPUT=s
 evaluate: install ## score predictions: make evaluate PRED=preds/ REF=labels/
 	$(PY) -m medseg.evaluate pred=$(PRED) ref=$(REF) $(ARGS)
 
-bench: install ## run the benchmarks (about 5 h on 2 CPU cores, 4 h of it real data at equal time); tables in benchmarks/results/
+bench: install ## run the benchmarks (about 5.5 h on 2 CPU cores, 4.5 h of it real data at equal time); tables in benchmarks/results/
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[bench]'
 	$(PY) -m benchmarks.data_pipeline
 	$(PY) -m benchmarks.sliding_window
