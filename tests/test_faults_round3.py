@@ -510,7 +510,7 @@ def test_an_unreadable_disk_cache_entry_is_recomputed(task_copy, tmp_path, caplo
     for entry in entries:  # a killed writer or a full disk: truncated archives
         entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 3])
     train(compose_train(overrides, tmp_path / "run2"))
-    assert "unreadable" in caplog.text and all(torch.load(e, weights_only=False) is not None for e in entries)
+    assert "unreadable" in caplog.text and all(torch.load(e, weights_only=True) is not None for e in entries)
 
 
 def test_export_dataset_refuses_a_dataset_id_that_is_not_a_number(task_copy, tmp_path, capsys):

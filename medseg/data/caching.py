@@ -172,7 +172,7 @@ class HealingPersistentDataset(PersistentDataset):
             entry = Path(self.cache_dir) / name
             if entry.is_file():
                 try:
-                    return torch.load(entry, weights_only=self.weights_only)
+                    return torch.load(entry, weights_only=True)  # a cache file is data, never code
                 except Exception as err:  # truncated, corrupt or foreign: recompute it
                     log.warning("disk cache entry %s is unreadable (%s): recomputing it", entry, type(err).__name__)
                     entry.unlink(missing_ok=True)
